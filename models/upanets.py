@@ -1,0 +1,329 @@
+"""UPANets: Universal Pixel Attention Networks (Tseng et al., Entropy 2022, arXiv 2103.08640).
+
+A CNN whose blocks carry Channel Pixel Attention (CPA), a per-pixel linear mix
+across channels, and whose head, the extreme connection (ExC), pools every stage
+with global average pooling plus Spatial Pixel Attention (SPA).
+
+This file imports torch only, so it can be copied into other projects as is.
+Parameter names, order and shapes follow the original implementation, so its
+checkpoints load with ``strict=True`` (see :func:`load_weights`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "CPA",
+    "SPA",
+    "UPABlock",
+    "UPANets",
+    "upanets16",
+    "upanets32",
+    "upanets64",
+    "check_config",
+    "clean_state_dict",
+    "describe_state_dict",
+    "extract_state_dict",
+    "load_weights",
+]
+
+# The block's convolutions widen to `planes * _WIDTH` channels before narrowing back.
+_WIDTH = 2
+
+
+def _layer_norm_chw(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Parameter-free layer norm over (C, H, W), the same as ``F.layer_norm(x, x.shape[1:])``.
+
+    Written as a reduction over every non-batch dim so that it reads any memory
+    format (channels_last included) without the copy ``F.layer_norm`` makes.
+    """
+    var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+class PixelLinear(nn.Linear):
+    """A ``nn.Linear`` over channels applied at every pixel of an (N, C, H, W) map.
+
+    Keeps ``nn.Linear``'s (out, in) weight, so state dicts stay those of the
+    original, but computes as a 1x1 convolution over a view of that weight: no
+    permute/reshape copies, and it runs on the fast conv kernels under autocast
+    and channels_last.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+class CPA(nn.Module):
+    """Channel Pixel Attention.
+
+    ``forward(x, features)`` mixes the block input ``x`` across channels at every
+    pixel (linear + BatchNorm), adds the block's convolutional ``features`` and
+    layer-normalises over (C, H, W). Modes:
+
+    * plain (``stride=1``): that residual sum alone;
+    * ``same=True``: plus a second channel-mix projection of ``x`` as shortcut;
+    * ``stride=2``: plus that projection, then 2x2 average pooling.
+    """
+
+    def __init__(self, in_dim: int, dim: int, stride: int = 1, same: bool = False) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"CPA stride must be 1 or 2, got {stride}")
+        if stride == 2 and same:
+            raise ValueError("CPA takes either stride=2 or same=True, not both")
+        self.stride = stride
+        self.cp_ffc = PixelLinear(in_dim, dim)
+        self.bn = nn.BatchNorm2d(dim)
+        self.has_shortcut = stride == 2 or same
+        if self.has_shortcut:
+            self.cp_ffc_sc = PixelLinear(in_dim, dim)
+            self.bn_sc = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        out = _layer_norm_chw(features + self.bn(self.cp_ffc(x)))
+        if self.has_shortcut:
+            out = out + self.bn_sc(self.cp_ffc_sc(x))
+        if self.stride == 2:
+            out = F.avg_pool2d(out, 2)
+        return out
+
+
+class UPABlock(nn.Module):
+    """UPA block: (3x3 conv, BN, ReLU) x2 followed by CPA.
+
+    With ``cat=True`` the block's output is concatenated to its input (the
+    dense connection inside a stage), so a stage grows by ``planes`` channels
+    per block.
+    """
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, cat: bool = False, same: bool = False
+    ) -> None:
+        super().__init__()
+        self.cat = cat
+        hidden = planes * _WIDTH
+        self.cnn = nn.Sequential(
+            nn.Conv2d(in_planes, hidden, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, planes, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(planes),
+            nn.ReLU(inplace=True),
+        )
+        self.att = CPA(in_planes, planes, stride, same=same)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.att(x, self.cnn(x))
+        return torch.cat([x, out], dim=1) if self.cat else out
+
+
+class SPA(nn.Module):
+    """Spatial Pixel Attention: one linear map over the flattened H*W pixels of each channel.
+
+    Maps (N, C, img, img) to (N, C, 1, 1).
+    """
+
+    def __init__(self, img: int) -> None:
+        super().__init__()
+        self.img = img
+        self.sp_ffc = nn.Sequential(nn.Linear(img * img, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x)
+
+    def pool(self, x: torch.Tensor, extra_weight: float = 0.0) -> torch.Tensor:
+        """SPA with ``extra_weight`` added to every pixel weight.
+
+        ``extra_weight = 1 / (H * W)`` folds global average pooling into the
+        same reduction, which is how the ExC head computes GAP + SPA in one pass.
+        """
+        linear = self.sp_ffc[0]
+        weight = linear.weight.view(self.img, self.img) + extra_weight
+        out = torch.einsum("nchw,hw->nc", x, weight.to(x.dtype)) + linear.bias.to(x.dtype)
+        return out[:, :, None, None]
+
+
+class UPANets(nn.Module):
+    """UPANets with ``filters`` base channels for square ``img`` x ``img`` RGB inputs.
+
+    Arguments follow the original builder ``UPANets(f, c, block, img)``: each of the
+    four stages holds one transition block plus ``4 * blocks`` densely
+    concatenated UPA blocks and doubles its channels; the ExC head pools the
+    stem and every stage (GAP + SPA, layer-normed), concatenates them
+    (``31 * filters`` features), then applies BatchNorm1d and a linear classifier.
+    """
+
+    def __init__(self, filters: int, num_classes: int = 100, blocks: int = 1, img: int = 32) -> None:
+        super().__init__()
+        check_config(filters, num_classes, blocks, img)
+        self.filters, self.num_classes, self.blocks, self.img = filters, num_classes, blocks, img
+
+        self.root = nn.Sequential(
+            nn.Conv2d(3, filters * _WIDTH, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(filters * _WIDTH),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(filters * _WIDTH, filters, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(filters),
+            nn.ReLU(inplace=True),
+        )
+        self.emb = CPA(3, filters, same=True)
+        self.layer1 = self._make_stage(filters, filters, blocks, stride=1)
+        self.layer2 = self._make_stage(filters * 2, filters * 2, blocks, stride=2)
+        self.layer3 = self._make_stage(filters * 4, filters * 4, blocks, stride=2)
+        self.layer4 = self._make_stage(filters * 8, filters * 8, blocks, stride=2)
+        # Average pooling floors odd sizes, as img // 2 // 2 == img // 4 does.
+        self.spa0 = SPA(img)
+        self.spa1 = SPA(img)
+        self.spa2 = SPA(img // 2)
+        self.spa3 = SPA(img // 4)
+        self.spa4 = SPA(img // 8)
+        self.num_features = filters * 31
+        self.linear = nn.Linear(self.num_features, num_classes)
+        self.bn = nn.BatchNorm1d(self.num_features)
+
+    @staticmethod
+    def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        growth_blocks = 4 * blocks
+        growth = planes // growth_blocks
+        if stride == 1:
+            layers = [UPABlock(in_planes, planes, same=True)]
+        else:
+            layers = [UPABlock(in_planes, planes, stride=stride)]
+        for i in range(growth_blocks):
+            layers.append(UPABlock(planes + i * growth, growth, cat=True))
+        return nn.Sequential(*layers)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stem's and the four stages' feature maps, in that order."""
+        _check_input(x, self.img)
+        out0 = self.emb(x, self.root(x))
+        out1 = self.layer1(out0)
+        out2 = self.layer2(out1)
+        out3 = self.layer3(out2)
+        out4 = self.layer4(out3)
+        return [out0, out1, out2, out3, out4]
+
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """ExC: GAP + SPA of every feature map, layer-normed, concatenated deepest first."""
+        pooled = []
+        for spa, feature in zip((self.spa0, self.spa1, self.spa2, self.spa3, self.spa4), features):
+            height, width = feature.shape[-2:]
+            pooled.append(_layer_norm_chw(spa.pool(feature, extra_weight=1.0 / (height * width))))
+        out = torch.cat(pooled[::-1], dim=1).flatten(1)
+        return self.linear(self.bn(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def check_config(filters: int, num_classes: int, blocks: int, img: int) -> None:
+    """Raise ValueError, naming the value and the rule, if ``UPANets(filters, num_classes, blocks, img)`` is invalid."""
+    for name, value in (("filters", filters), ("num_classes", num_classes), ("blocks", blocks), ("img", img)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"UPANets {name} must be an int, got {value!r}")
+    if blocks < 1:
+        raise ValueError(f"UPANets blocks must be >= 1, got {blocks}")
+    if filters < 1 or filters % (4 * blocks):
+        raise ValueError(
+            f"UPANets filters must be a positive multiple of 4*blocks = {4 * blocks}, got filters={filters}"
+        )
+    if num_classes < 1:
+        raise ValueError(f"UPANets num_classes must be >= 1, got {num_classes}")
+    if img < 8:
+        raise ValueError(f"UPANets img must be >= 8 (the last stage is img // 8 pixels wide), got {img}")
+
+
+def _check_input(x: torch.Tensor, img: int) -> None:
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"UPANets expects an (N, 3, H, W) batch, got shape {tuple(x.shape)}")
+    if x.shape[2] != img or x.shape[3] != img:
+        raise ValueError(
+            f"UPANets was built for {img}x{img} inputs (its SPA layers are sized by img), "
+            f"got {x.shape[2]}x{x.shape[3]}; build it with img={x.shape[2]} or resize the input"
+        )
+
+
+def upanets16(num_classes: int = 10, img: int = 32, blocks: int = 1) -> UPANets:
+    """UPANets with 16 base filters (the paper's UPANets16)."""
+    return UPANets(16, num_classes, blocks, img)
+
+
+def upanets32(num_classes: int = 10, img: int = 32, blocks: int = 1) -> UPANets:
+    """UPANets with 32 base filters (the paper's UPANets32)."""
+    return UPANets(32, num_classes, blocks, img)
+
+
+def upanets64(num_classes: int = 10, img: int = 32, blocks: int = 1) -> UPANets:
+    """UPANets with 64 base filters (the paper's UPANets64)."""
+    return UPANets(64, num_classes, blocks, img)
+
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) key prefixes."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        cleaned[key] = value
+    return cleaned
+
+
+def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The model state dict inside a checkpoint, with wrapper prefixes removed.
+
+    Accepts this repo's checkpoints (``{"model": ...}``), the original code's
+    (``{"net": ..., "acc": ..., "epoch": ...}``) and bare state dicts.
+    """
+    for key in ("model", "net", "state_dict"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    if not checkpoint or not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        raise ValueError(
+            "not a UPANets checkpoint: expected a state dict of tensors, or a dict holding one "
+            "under 'model' or 'net'"
+        )
+    return clean_state_dict(checkpoint)
+
+
+def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The ``UPANets`` arguments (filters, num_classes, blocks, img) a state dict was saved from."""
+    try:
+        stage1_blocks = {key.split(".")[1] for key in state_dict if key.startswith("layer1.")}
+        return {
+            "filters": state_dict["root.4.weight"].shape[0],
+            "num_classes": state_dict["linear.weight"].shape[0],
+            "blocks": (len(stage1_blocks) - 1) // 4,
+            "img": math.isqrt(state_dict["spa0.sp_ffc.0.weight"].shape[1]),
+        }
+    except (KeyError, IndexError, AttributeError) as e:
+        raise ValueError(f"not a UPANets state dict (no {e})") from None
+
+
+def load_weights(
+    model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True
+) -> nn.Module:
+    """Load weights from a path or loaded checkpoint, in this repo's or the original code's format.
+
+    Files are read with ``torch.load(weights_only=True)``, which refuses pickles
+    that would run code.
+    """
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(extract_state_dict(checkpoint), strict=strict)
+    return model
