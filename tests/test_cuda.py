@@ -1,0 +1,88 @@
+"""CUDA checks: numerics on the GPU and short CLI runs through its fast paths.
+
+Skipped without a CUDA device; run them on a GPU machine with
+`python -m pytest -q tests/test_cuda.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.upanets import UPANets
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = REPO_ROOT / "tests" / "data" / "forward_filters8_classes10_img32.pt"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return torch.load(REFERENCE, weights_only=True)
+
+
+def _model(reference: dict, channels_last: bool = False) -> UPANets:
+    model = UPANets(**reference["args"]).cuda()
+    model.load_state_dict(reference["state_dict"])
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_reference_logits_fp32_on_cuda(reference: dict, channels_last: bool) -> None:
+    model = _model(reference, channels_last).eval()
+    x = reference["input"].cuda()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.backends.cudnn.flags(allow_tf32=False), torch.no_grad():
+        logits = model(x).cpu()
+    torch.testing.assert_close(logits, reference["logits_eval"], atol=1e-4, rtol=0)
+
+
+def test_bf16_channels_last_close_to_fp32(reference: dict) -> None:
+    model = _model(reference, channels_last=True).eval()
+    x = reference["input"].cuda().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(x).float().cpu()
+    expected = reference["logits_eval"]
+    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+
+
+def _run(args: list[str], tmp_path: Path, launcher: list[str] | None = None) -> dict:
+    command = (launcher or [sys.executable]) + [str(REPO_ROOT / "main.py"), "--dataset", "synthetic",
+                                                "--no-progress", "--checkpoint-dir", str(tmp_path / "ck"),
+                                                "--save-path", str(tmp_path / "res"), "--run-name", "run", *args]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "res" / "run" / "metrics.jsonl").read_text().splitlines()]
+    checkpoint = torch.load(tmp_path / "ck" / "run" / "last.pth", map_location="cpu", weights_only=True)
+    return {"stdout": done.stdout, "rows": rows, "checkpoint": checkpoint}
+
+
+def test_cli_trains_with_bf16_and_channels_last(tmp_path: Path) -> None:
+    result = _run(["--device", "cuda", "--epochs", "2", "--filters", "8"], tmp_path)
+    assert "amp=torch.bfloat16" in result["stdout"] and "channels_last=True" in result["stdout"]
+    assert [row["epoch"] for row in result["rows"]] == [1, 2]
+    assert result["rows"][-1]["test_acc"] > 60  # ten classes: chance is 10%
+    assert all(torch.isfinite(t).all() for t in result["checkpoint"]["model"].values() if t.is_floating_point())
+
+
+def test_cli_compile(tmp_path: Path) -> None:
+    result = _run(["--device", "cuda", "--epochs", "1", "--filters", "8", "--compile"], tmp_path)
+    assert not any(key.startswith("_orig_mod.") for key in result["checkpoint"]["model"])
+    assert result["rows"][0]["test_acc"] > 20
+
+
+def test_torchrun_nccl_single_process(tmp_path: Path) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    result = _run(["--device", "cuda", "--epochs", "1", "--filters", "4"], tmp_path, launcher)
+    assert "processes=1" in result["stdout"]
+    assert len(result["rows"]) == 1
