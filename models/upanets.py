@@ -41,9 +41,12 @@ _WIDTH = 2
 def _layer_norm_chw(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Parameter-free layer norm over (C, H, W), the same as ``F.layer_norm(x, x.shape[1:])``.
 
-    Written as a reduction over every non-batch dim so that it reads any memory
-    format (channels_last included) without the copy ``F.layer_norm`` makes.
+    ``F.layer_norm`` is the fastest on contiguous (NCHW) input, but on any other
+    memory format (channels_last) it copies to NCHW and hands NCHW on to the next
+    layer; there a reduction over every non-batch dim keeps the input's format.
     """
+    if x.is_contiguous():
+        return F.layer_norm(x, x.shape[1:], eps=eps)
     var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
     return (x - mean) * torch.rsqrt(var + eps)
 
@@ -146,9 +149,8 @@ class SPA(nn.Module):
         same reduction, which is how the ExC head computes GAP + SPA in one pass.
         """
         linear = self.sp_ffc[0]
-        weight = linear.weight.view(self.img, self.img) + extra_weight
-        out = torch.einsum("nchw,hw->nc", x, weight.to(x.dtype)) + linear.bias.to(x.dtype)
-        return out[:, :, None, None]
+        weight = (linear.weight.view(1, 1, self.img, self.img) + extra_weight).to(x.dtype)
+        return ((x * weight).sum(dim=(2, 3)) + linear.bias.to(x.dtype))[:, :, None, None]
 
 
 class UPANets(nn.Module):
