@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.utils import download_and_extract_archive
 from tqdm import tqdm
 
 DATASETS = ("cifar10", "cifar100", "tiny-imagenet", "folder", "synthetic")
@@ -202,6 +201,13 @@ def _read_cifar_file(path: Path, spec: _CifarSpec) -> ImageDataset:
 
 def _cat(parts: list[ImageDataset]) -> ImageDataset:
     return ImageDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
+
+
+def download_and_extract_archive(url: str, download_root: str, md5: str) -> None:
+    """torchvision's checksummed download, imported on first use: torchvision takes seconds to import."""
+    from torchvision.datasets.utils import download_and_extract_archive as download
+
+    download(url, download_root, md5=md5)
 
 
 def _locate(data_dir: Path, folder: str, title: str, url: str, md5: str, download: bool) -> Path:
@@ -538,23 +544,27 @@ class DeviceLoader:
 
 
 def random_crop_flip(images: Tensor, pad: int, generator: torch.Generator | None = None, flip: bool = True) -> Tensor:
-    """Per-sample RandomCrop(size, padding=pad) + RandomHorizontalFlip(0.5) of a uint8 batch, as one gather.
+    """Per-sample RandomCrop(size, padding=pad) + RandomHorizontalFlip(0.5) of a uint8 batch, as batched ops.
 
     Offsets are uniform in [0, 2 * pad] like torchvision's; padding is zeros in uint8 (black, as torchvision pads
     the PIL image), so after normalisation padded pixels equal -mean/std.
     """
     b, c, h, w = images.shape
     dev = images.device
-    padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b, 1), device=dev, generator=generator)
-    rows = dy + torch.arange(h, device=dev)
-    cols = dx + torch.arange(w, device=dev)
-    if flip:  # flipping a crop reverses its column indices
-        flipped = torch.rand((b, 1), device=dev, generator=generator) < 0.5
-        cols = torch.where(flipped, cols.flip(1), cols)
-    return padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    # Every crop window of the padded batch as a strided view, (b, c, 2*pad+1, 2*pad+1, h, w): one gather picks each
+    # sample's window and copies only the output.
+    windows = F.pad(images, (pad, pad, pad, pad)).unfold(2, h, 1).unfold(3, w, 1)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
+    crops = windows[torch.arange(b, device=dev), :, dy, dx]
+    if not flip:
+        return crops
+    flipped = torch.rand((b,), device=dev, generator=generator) < 0.5
+    if dev.type == "cpu":  # flipping only the chosen half is fastest here ...
+        crops[flipped] = crops[flipped].flip(3)
+        return crops
+    # ... but a boolean-mask index waits for the GPU to size its result; torch.where never syncs.
+    return torch.where(flipped[:, None, None, None], crops.flip(3), crops)
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float],

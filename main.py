@@ -129,40 +129,6 @@ def resolve_device(name: str, context: DistributedContext) -> torch.device:
     return device
 
 
-def _cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tiles, where bf16 autocast is a real speed-up.
-
-    Without them (AVX-512 bf16 alone) bf16 convolutions ran slower than fp32.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read().split()
-    except OSError:
-        return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` on ``device``, or None for full fp32."""
-    if amp == "off":
-        return None
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if amp == "auto":
-            return torch.bfloat16 if bf16_ok else torch.float16
-        if amp == "bf16" and not bf16_ok:
-            raise TrainingError("--amp bf16: this GPU has no bf16 support; use --amp fp16 or off")
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-    if device.type == "cpu":
-        if amp == "fp16":
-            raise TrainingError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
-        if amp == "auto":
-            return torch.bfloat16 if _cpu_has_amx_bf16() else None
-        return torch.bfloat16
-    if amp == "auto":
-        return None
-    raise TrainingError(f"--amp {amp} is supported on cuda and cpu, not {device.type}")
-
-
 def default_run_name(args: argparse.Namespace) -> str:
     name = f"{args.dataset}-upanets{args.filters}"
     return name if args.blocks == 1 else f"{name}-blocks{args.blocks}"
@@ -305,16 +271,18 @@ def train_one_epoch(
         bar.update()
 
         at_sync = state.step % SYNC_EVERY == 0 or state.step == len(loader)
-        if at_sync:
+        stopping = _stop_requested(stop, context, at_sync) and state.step < len(loader)
+        if at_sync or stopping:  # a stop saves a checkpoint: never one with weights a non-finite loss ruined
             bad = int(first_bad_step)
             if bad >= 0:
                 raise TrainingError(
                     f"training loss became non-finite at epoch {epoch + 1}, step {bad + 1}; stopped without "
                     "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
                 )
+        if at_sync:
             bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen.item():.3f}",
                             acc=f"{100 * state.correct.item() / state.seen.item():.2f}%")
-        if _stop_requested(stop, context, at_sync) and state.step < len(loader):
+        if stopping:
             bar.close()
             return False
     bar.close()
@@ -378,19 +346,20 @@ def cosine_factor(epoch: int, epochs: int) -> float:
 # ----------------------------------------------------------------------------- main
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> nn.Module:
+    """Train (or with --evaluate, evaluate) as the flags say; return the model (unwrapped, on its device)."""
     check_args(args)
     context = utils.init_distributed("cuda" if args.device.startswith("cuda") or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        _run(args, context)
+        return _run(args, context)
     finally:
         utils.cleanup_distributed(context)
 
 
-def _run(args: argparse.Namespace, context: DistributedContext) -> None:
+def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
     device = resolve_device(args.device, context)
-    amp_dtype = resolve_amp(args.amp, device)
+    amp_dtype = utils.resolve_amp(args.amp, device)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
     args.run_name = args.run_name or default_run_name(args)
     run_checkpoint_dir = args.checkpoint_dir / args.run_name
@@ -427,7 +396,7 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> None:
         stats = evaluate(_maybe_compile(model, args), criterion, test_loader, test_transform, **eval_kwargs)
         log(f"evaluate {args.weights}: test loss {stats['loss']:.4f} | top-1 {stats['acc1']:.2f}% | "
             f"top-5 {stats['acc5']:.2f}% ({int(stats['images'])} images)")
-        return
+        return model
 
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
@@ -470,6 +439,8 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> None:
     logger = utils.MetricsLogger(run_dir, start_epoch) if context.is_main else None
     if context.is_main:
         utils.write_json(run_dir / "args.json", vars(args))
+    stop = StopRequest()
+    stop.install()  # before the "training" line: a signal sent once it is printed always gets a checkpoint
     log(f"training {args.run_name} for {args.epochs} epochs on {device} "
         f"(amp={amp_dtype or 'off'}, channels_last={channels_last}, processes={context.world_size}, "
         f"global batch {args.batch_size * context.world_size})")
@@ -489,8 +460,6 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> None:
             "rng": utils.rng_state(),
         }
 
-    stop = StopRequest()
-    stop.install()
     for epoch in range(start_epoch, args.epochs):
         train_loader.set_epoch(epoch)
         if epoch_state is None:
@@ -511,7 +480,15 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> None:
                                                        epoch_state.seen]), context)
         train_loss, train_correct, train_seen = train_sums.tolist()
         images_trained = (train_seen - images_before * context.world_size)
+        if context.enabled:  # DDP syncs BatchNorm statistics only at the next forward: evaluate and save rank 0's
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         stats = evaluate(eval_model, criterion, test_loader, test_transform, **eval_kwargs)
+        if not math.isfinite(stats["loss"]):  # the last step's update can ruin weights after a finite training loss
+            raise TrainingError(
+                f"test loss became non-finite after epoch {epoch + 1}, step {epoch_state.step}; stopped without "
+                "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
+            )
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         is_best = stats["acc1"] > best_acc
@@ -542,6 +519,7 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> None:
             raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} after epoch {epoch + 1}; "
                           f"continue with --resume auto --run-name {args.run_name}")
     log(f"done: best test accuracy {best_acc:.2f}%; checkpoints in {run_checkpoint_dir}, metrics in {run_dir}")
+    return model
 
 
 def _maybe_compile(model: nn.Module, args: argparse.Namespace) -> nn.Module:

@@ -1,0 +1,106 @@
+"""Shared fixtures for the end-to-end tests that run the training CLI (main.py) as a subprocess.
+
+Every child process gets OMP_NUM_THREADS=1: on small machines several torch processes with more threads
+each (or one next to a busy pytest) spin against each other and slow down by orders of magnitude.
+The suite's own in-process torch work is limited to one thread for the same reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+MAIN = REPO_ROOT / "main.py"
+
+torch.set_num_threads(1)
+
+# Variables that would turn a plain `python main.py` into one rank of a torchrun job, or make it multi-threaded.
+_SCRUBBED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+             "TORCHELASTIC_RUN_ID", "CUDA_VISIBLE_DEVICES")
+
+
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child torch process: one thread, unbuffered output, no GPU, no torchrun state."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg")
+    env.update(extra or {})
+    return env
+
+
+def run_main(args: Sequence[str | os.PathLike], cwd: str | os.PathLike, env: dict[str, str] | None = None,
+             timeout: float = 180) -> CliResult:
+    """`python main.py *args` in `cwd`; returns (returncode, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, env=child_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def run_cli():
+    """run_cli(args, cwd, env=None, timeout=180) -> (returncode, stdout, stderr) of `python main.py *args`."""
+    return run_main
+
+
+@pytest.fixture
+def popen_cli():
+    """popen_cli(args, cwd, env=None) -> a line-buffered text Popen of `python main.py *args` (stdout/stderr piped)."""
+    procs = []
+
+    def start(args: Sequence[str | os.PathLike], cwd: str | os.PathLike, env: dict[str, str] | None = None):
+        proc = subprocess.Popen([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, env=child_env(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:  # never leave a child behind when a test fails half-way
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+
+
+def tiny_flags(tmp_path: Path, **overrides) -> list[str]:
+    """Flags for a fast run whose outputs stay in tmp_path: --filters 4, one epoch, batch 8, no progress bars.
+
+    Keyword overrides replace a flag's value (epochs=2 -> --epochs 2); a value of None drops the flag.
+    """
+    flags = {"filters": 4, "epochs": 1, "batch-size": 8, "workers": 0,
+             "checkpoint-dir": tmp_path / "checkpoint", "save-path": tmp_path / "results"}
+    flags.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    out = ["--no-progress"]
+    for key, value in flags.items():
+        if value is not None:
+            out += [f"--{key}", str(value)]
+    return out
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def one_line_error(result: CliResult) -> str:
+    """Assert the run failed with exit 2 and exactly one 'error: ...' line on stderr, no traceback; return it."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
