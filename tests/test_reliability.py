@@ -152,7 +152,7 @@ def test_stop_signal_mid_epoch_saves_and_resumes_exactly(signum, exit_code, sign
     last = torch.load(ckpt_dir / "last.pth", map_location="cpu", weights_only=True)
     assert last["epoch"] == 0 and last["epoch_state"]["step"] == step
     assert int(last["epoch_state"]["seen"]) == 8 * step
-    assert read_metrics(tmp_path / "results" / "sig" / "metrics.jsonl") == []
+    assert not (tmp_path / "results" / "sig" / "metrics.jsonl").exists()  # no epoch finished, nothing logged
 
     resumed = run_cli([*signal_run_flags(signal_data, tmp_path), "--resume", "auto"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed
@@ -234,7 +234,7 @@ def test_non_finite_loss_stops_without_saving(n_train, message, tmp_path, run_cl
     error = one_line_error(result)
     assert error.startswith(f"error: {message} (the last checkpoint is kept). Try a lower --lr or --amp off"), error
     assert not list(tmp_path.glob("checkpoint/**/*.pth"))  # no checkpoint, let alone a NaN one
-    assert read_metrics(tmp_path / "results" / "cifar10-upanets4" / "metrics.jsonl") == []
+    assert not (tmp_path / "results" / "cifar10-upanets4" / "metrics.jsonl").exists()
 
 
 def test_stop_signal_after_non_finite_loss_saves_nothing(tmp_path, popen_cli):
@@ -263,6 +263,8 @@ def test_non_finite_loss_keeps_the_previous_checkpoint(good_run, tmp_path, run_c
     assert "training loss became non-finite at epoch 1, step 2; stopped without saving" in error
     assert snapshot(tmp_path / "checkpoint") == ckpts  # last.pth and best.pth: same bytes, same mtimes
     assert all_weights_finite(tmp_path / "checkpoint")
+    for name in ("metrics.jsonl", "metrics.csv"):  # the replaced run's metrics are kept too
+        assert (tmp_path / "results" / "good" / name).read_bytes() == (good_run / "results" / "good" / name).read_bytes()
 
 
 # ------------------------------------------------------------------------------- loading checkpoints
