@@ -40,6 +40,8 @@ ORIGINAL_DATASET_NAMES = {"cifar_10": "cifar10", "cifar_100": "cifar100", "tiny_
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# (mean, std) with which the original UPANets code normalised CIFAR-10 and CIFAR-100 alike; its checkpoints expect it.
+ORIGINAL_CIFAR_NORMALIZATION = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Decoded splits up to this fraction of the currently available RAM are held in memory (and cached on disk).
 MEMORY_FRACTION = 0.5
@@ -331,7 +333,7 @@ def _read_image(path: Path, img_size: int) -> Tensor:
             if im.size != (img_size, img_size):
                 im = im.resize((img_size, img_size), Image.Resampling.BILINEAR)
             array = np.array(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # PIL reports damaged files as OSError, SyntaxError, EOFError, struct.error, ...
         raise DataError(f"cannot read image {path} ({_one_line(e)}); replace or delete it") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
@@ -361,14 +363,14 @@ def _available_memory() -> int:
 
 
 def _fingerprint(root: Path, files: list[Path], labels: list[int]) -> str:
-    """Hash of the file list (relative paths, sizes, labels): the cache is stale when any of it changes."""
+    """Hash of the file list (relative paths, labels, sizes, mtimes): the cache is stale when any of it changes."""
     h = hashlib.sha1()
     for path, label in zip(files, labels):
         try:
-            size = path.stat().st_size
+            stat = path.stat()
         except OSError as e:
             raise DataError(f"cannot read image {path} ({_one_line(e)}); replace it or fix the listing") from None
-        h.update(f"{path.relative_to(root)}\t{label}\t{size}\n".encode())
+        h.update(f"{path.relative_to(root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -498,7 +500,8 @@ class DeviceLoader:
         n = len(data)
         self.num_samples = n // world_size if shuffle else len(range(rank, n, world_size))
         if shuffle and self.num_samples < 2:
-            raise ValueError(f"{n} training samples over {world_size} ranks leaves fewer than 2 per rank")
+            raise DataError(f"{n} training images over {world_size} processes leave fewer than 2 per process; "
+                            "add images or use fewer processes")
         if isinstance(data, ImageDataset):
             self._images = data.images.to(self.device)
             self._labels = data.labels.to(self.device)

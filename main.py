@@ -12,6 +12,7 @@ import argparse
 import math
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -89,6 +90,10 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in positive.items():
         if value < 1:
             raise TrainingError(f"{flag} must be a positive integer, got {value}")
+    if args.batch_size < 2 and not args.evaluate:
+        raise TrainingError("--batch-size must be at least 2 for training (BatchNorm needs two samples a batch)")
+    if args.seed < 0:
+        raise TrainingError(f"--seed must be >= 0, got {args.seed}")
     if not args.lr > 0 or not math.isfinite(args.lr):
         raise TrainingError(f"--lr must be a positive number, got {args.lr}")
     for flag, value in {"--momentum": args.momentum, "--weight-decay": args.weight_decay}.items():
@@ -102,7 +107,11 @@ def check_args(args: argparse.Namespace) -> None:
         # Classes and (for most sets) image size come with the data; check what the flags fix now.
         check_config(args.filters, 1, args.blocks, args.img_size or 32)
     except ValueError as e:
-        raise TrainingError(str(e).replace("UPANets ", "--")) from None
+        flag_names = {"UPANets filters": "--filters", "UPANets blocks": "--blocks", "UPANets img": "--img-size"}
+        message = str(e)
+        for name, flag in flag_names.items():
+            message = message.replace(name, flag)
+        raise TrainingError(message) from None
     if args.evaluate and args.weights is None:
         raise TrainingError("--evaluate needs --weights PATH (a checkpoint to evaluate)")
     if args.weights is not None and not args.evaluate:
@@ -111,6 +120,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError(f"--weights {args.weights}: no such file")
     if args.resume is not None and args.evaluate:
         raise TrainingError("--resume and --evaluate do not go together; evaluate a checkpoint with --weights")
+    if args.sync_bn and args.device == "cpu":
+        raise TrainingError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -136,15 +147,16 @@ def default_run_name(args: argparse.Namespace) -> str:
     return name if args.blocks == 1 else f"{name}-blocks{args.blocks}"
 
 
-def resolve_resume(args: argparse.Namespace, run_checkpoint_dir: Path) -> Path | None:
+def resolve_resume(args: argparse.Namespace, run_checkpoint_dir: Path, run_dir: Path) -> Path | None:
     """The checkpoint to resume from; refuses to clobber an existing run that is not being resumed."""
     last = run_checkpoint_dir / "last.pth"
     if args.resume is None:
-        if last.exists() and not args.overwrite:
-            raise TrainingError(
-                f"run '{args.run_name}' already has checkpoints in {run_checkpoint_dir}; pass --resume auto to "
-                "continue it, --overwrite to start it over, or choose another --run-name"
-            )
+        for existing in (last, run_dir / "metrics.jsonl"):
+            if existing.exists() and not args.overwrite:
+                raise TrainingError(
+                    f"run '{args.run_name}' already exists ({existing}); pass --resume auto to continue it, "
+                    "--overwrite to start it over, or choose another --run-name"
+                )
         return None
     path = last if args.resume == "auto" else Path(args.resume)
     if not path.is_file():
@@ -183,10 +195,19 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
+            return
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
@@ -252,9 +273,7 @@ def train_one_epoch(
     bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1} train", disable=not progress,
                leave=False, dynamic_ncols=True)
     for images, labels in loader.iter_from(state.step):
-        inputs = transform(images)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = _prepare(images, transform, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(inputs)
             loss = criterion(outputs, labels)
@@ -273,37 +292,44 @@ def train_one_epoch(
         bar.update()
 
         at_sync = state.step % SYNC_EVERY == 0 or state.step == len(loader)
-        stopping = _stop_requested(stop, context, at_sync) and state.step < len(loader)
-        if at_sync or stopping:  # a stop saves a checkpoint: never one with weights a non-finite loss ruined
-            bad = int(first_bad_step)
-            if bad >= 0:
+        # A single process may stop at any step; under torchrun the ranks check in together at sync points.
+        if at_sync or (stop.signum is not None and not context.enabled):
+            bad_step = int(first_bad_step)
+            stopping, any_bad = _agree(stop, bad_step >= 0, context)
+            if any_bad:  # checked before a stop saves: never a checkpoint of weights a non-finite loss ruined
+                where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
                 raise TrainingError(
-                    f"training loss became non-finite at epoch {epoch + 1}, step {bad + 1}; stopped without "
+                    f"training loss became non-finite at epoch {epoch + 1}, {where}; stopped without "
                     "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
                 )
-        if at_sync:
-            bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen.item():.3f}",
-                            acc=f"{100 * state.correct.item() / state.seen.item():.2f}%")
-        if stopping:
-            bar.close()
-            return False
+            if at_sync:
+                bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen.item():.3f}",
+                                acc=f"{100 * state.correct.item() / state.seen.item():.2f}%")
+            if stopping and state.step < len(loader):
+                bar.close()
+                return False
     bar.close()
     return True
 
 
-def _stop_requested(stop: StopRequest, context: DistributedContext, at_sync: bool) -> bool:
-    """Whether every process should stop now; under torchrun the ranks agree at sync points only."""
+def _prepare(images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
+             channels_last: bool) -> torch.Tensor:
+    inputs = transform(images)
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+
+
+def _agree(stop: StopRequest, bad: bool, context: DistributedContext) -> tuple[bool, bool]:
+    """(stop, non-finite loss) as every process sees it: true on one rank is true on all."""
     if not context.enabled:
-        return stop.signum is not None
-    if not at_sync:
-        return False
-    flag = torch.tensor([1.0 if stop.signum is not None else 0.0])
+        return stop.signum is not None, bad
+    flags = torch.tensor([float(stop.signum is not None), float(bad)])
     if torch.distributed.get_backend() == "nccl":
-        flag = flag.cuda()
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    if flag.item() and stop.signum is None:
+        flags = flags.cuda()
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    stopping, any_bad = (bool(flag) for flag in flags.tolist())
+    if stopping and stop.signum is None:  # another rank got the signal
         stop.signum = signal.SIGTERM
-    return bool(flag.item())
+    return stopping, any_bad
 
 
 @torch.inference_mode()
@@ -323,9 +349,7 @@ def evaluate(
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, top-5, images
     for images, labels in tqdm(loader, desc="test", disable=not progress, leave=False, dynamic_ncols=True):
-        inputs = transform(images)
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = _prepare(images, transform, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(inputs)
             loss = criterion(outputs, labels)
@@ -353,19 +377,25 @@ def main(args: argparse.Namespace) -> nn.Module:
     check_args(args)
     context = utils.init_distributed("cuda" if args.device.startswith("cuda") or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    stop = StopRequest()
     try:
-        return _run(args, context)
+        return _run(args, context, stop)
     finally:
+        stop.restore()
         utils.cleanup_distributed(context)
 
 
-def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
+def _run(args: argparse.Namespace, context: DistributedContext, stop: StopRequest) -> nn.Module:
     device = resolve_device(args.device, context)
     amp_dtype = utils.resolve_amp(args.amp, device)
     channels_last = args.channels_last
     args.run_name = args.run_name or default_run_name(args)
     run_checkpoint_dir = args.checkpoint_dir / args.run_name
-    resume_path = None if args.evaluate else resolve_resume(args, run_checkpoint_dir)
+    run_dir = args.save_path / args.run_name
+    resume_path = None if args.evaluate else resolve_resume(args, run_checkpoint_dir, run_dir)
+    if not args.evaluate:  # a read-only location fails now, not after an epoch of work
+        for folder in (run_checkpoint_dir, run_dir):
+            utils.check_writable(folder)
     progress = context.is_main and not args.no_progress and sys.stderr.isatty()
     log = print if context.is_main else (lambda *a, **k: None)
 
@@ -380,8 +410,9 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
         f"{bundle.num_classes} classes, {bundle.img_size}x{bundle.img_size}")
 
     model = UPANets(args.filters, bundle.num_classes, args.blocks, bundle.img_size)
-    log(f"model: UPANets{args.filters} (blocks={args.blocks}), {utils.count_parameters(model):,} parameters, "
-        f"{utils.forward_flops(model, bundle.img_size) / 1e9:.3f} GFLOPs per image")
+    if context.is_main:
+        log(f"model: UPANets{args.filters} (blocks={args.blocks}), {utils.count_parameters(model):,} parameters, "
+            f"{utils.forward_flops(model, bundle.img_size) / 1e9:.3f} GFLOPs per image")
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -394,7 +425,12 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
                        progress=progress)
 
     if args.evaluate:
-        load_model_weights(model, utils.load_checkpoint(args.weights), args.weights)
+        checkpoint = utils.load_checkpoint(args.weights)
+        load_model_weights(model, checkpoint, args.weights)
+        if "net" in checkpoint and args.dataset in ("cifar10", "cifar100"):
+            # The original code normalised both CIFARs with one mean/std: its weights expect those inputs.
+            log("original code's checkpoint: normalising with its CIFAR mean/std")
+            test_transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device)
         eval_model = _maybe_compile(model, args, device, context)
         stats = evaluate(eval_model, criterion, test_loader, test_transform, **eval_kwargs)
         log(f"evaluate {args.weights}: test loss {stats['loss']:.4f} | top-1 {stats['acc1']:.2f}% | "
@@ -414,15 +450,24 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
         if "optimizer" not in checkpoint:
             raise TrainingError(f"{resume_path} holds weights only; it cannot be resumed (start a new run instead)")
         load_model_weights(model, checkpoint, resume_path)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        utils.set_rng_state(checkpoint["rng"])
-        start_epoch, best_acc = checkpoint["epoch"], checkpoint["best_acc"]
-        # A mid-epoch position replays exactly only in a single process; under torchrun the epoch restarts.
-        if checkpoint.get("epoch_state") is not None and context.world_size == 1 == checkpoint["world_size"]:
-            epoch_state = EpochState.from_state_dict(checkpoint["epoch_state"], device)
-            transform.generator.set_state(checkpoint["epoch_state"]["augment_rng"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            if checkpoint["scaler"]:  # empty unless the run used fp16 grad scaling
+                scaler.load_state_dict(checkpoint["scaler"])
+            utils.set_rng_state(checkpoint["rng"])
+            start_epoch, best_acc = checkpoint["epoch"], checkpoint["best_acc"]
+            saved = checkpoint["epoch_state"]
+            # A mid-epoch position replays exactly only for the same batches and augmentation stream, which
+            # a single process on the same kind of device reproduces; otherwise that epoch starts again.
+            if saved is not None and context.world_size == 1 == checkpoint["world_size"] and (
+                    saved["batch_size"], saved["seed"], saved["device_type"]) == (
+                    args.batch_size, args.seed, device.type):
+                epoch_state = EpochState.from_state_dict(saved, device)
+                transform.generator.set_state(saved["augment_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise TrainingError(f"{resume_path} is not a complete training checkpoint of this repo "
+                                f"({type(e).__name__}: {e}); resume from a last.pth it wrote") from None
         log(f"resumed from {resume_path} at epoch {start_epoch + 1}"
             + (f", step {epoch_state.step}" if epoch_state else ""))
     # The schedule is a function of --epochs, so a run resumed with more epochs stretches it to the new total.
@@ -438,11 +483,9 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
 
     train_loader = data.DeviceLoader(bundle.train, args.batch_size, shuffle=True, device=device, seed=args.seed,
                                      rank=context.rank, world_size=context.world_size, workers=args.workers)
-    run_dir = args.save_path / args.run_name
     logger = utils.MetricsLogger(run_dir, start_epoch) if context.is_main else None
     if context.is_main:
         utils.write_json(run_dir / "args.json", vars(args))
-    stop = StopRequest()
     stop.install()  # before the "training" line: a signal sent once it is printed always gets a checkpoint
     log(f"training {args.run_name} for {args.epochs} epochs on {device} "
         f"(amp={amp_dtype or 'off'}, channels_last={channels_last}, processes={context.world_size}, "
@@ -456,8 +499,9 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
             "scaler": scaler.state_dict(),
             "epoch": epoch,
             "best_acc": best_acc,
-            "epoch_state": None if state is None else {**state.state_dict(),
-                                                       "augment_rng": transform.generator.get_state()},
+            "epoch_state": None if state is None else {
+                **state.state_dict(), "augment_rng": transform.generator.get_state(),
+                "batch_size": args.batch_size, "seed": args.seed, "device_type": device.type},
             "world_size": context.world_size,
             "args": utils.plain(vars(args)),
             "rng": utils.rng_state(),
@@ -477,7 +521,7 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
             if context.is_main:
                 utils.save_checkpoint(checkpoint_state(epoch, epoch_state), run_checkpoint_dir / "last.pth")
             raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} at epoch {epoch + 1}, step "
-                          f"{epoch_state.step}; continue with --resume auto --run-name {args.run_name}")
+                          f"{epoch_state.step}; continue by running the same command with --resume auto")
         train_seconds = time.perf_counter() - started
         train_sums = utils.all_reduce_sum(torch.stack([epoch_state.loss_sum, epoch_state.correct,
                                                        epoch_state.seen]), context)
@@ -518,9 +562,9 @@ def _run(args: argparse.Namespace, context: DistributedContext) -> nn.Module:
                 f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% top-5 {stats['acc5']:.2f}% | "
                 f"best {best_acc:.2f}% | lr {lr:.4g} | {row['epoch_seconds']:.1f}s, "
                 f"{row['train_images_per_second']:.0f} img/s")
-        if stop.signum is not None:
+        if _agree(stop, False, context)[0]:
             raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} after epoch {epoch + 1}; "
-                          f"continue with --resume auto --run-name {args.run_name}")
+                          "continue by running the same command with --resume auto")
     log(f"done: best test accuracy {best_acc:.2f}%; checkpoints in {run_checkpoint_dir}, metrics in {run_dir}")
     return model
 
@@ -544,6 +588,10 @@ def cli(argv: Iterable[str] | None = None) -> int:
         return e.exit_code
     except (TrainingError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a read-only folder, met while saving or logging
+        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror or e}; free space or fix the "
+              "permissions, then continue with --resume auto", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -49,6 +49,14 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
         raise
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise TrainingError unless ``folder`` exists writable or could be created, without creating it."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainingError(f"cannot write to {folder}: {existing} is not a writable folder")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors for bad files.
 
@@ -242,7 +250,8 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off":
         return None
     if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
+        # Native bf16 needs compute capability 8.0 (Ampere); older GPUs only emulate it, slowly.
+        bf16_ok = torch.cuda.get_device_capability(device) >= (8, 0)
         if amp == "auto":
             return torch.bfloat16 if bf16_ok else torch.float16
         if amp == "bf16" and not bf16_ok:
@@ -330,9 +339,11 @@ def main_process_first(context: DistributedContext) -> Iterator[None]:
     """Let rank 0 run the block (a download, a cache write) before the other ranks do."""
     if context.enabled and not context.is_main:
         dist.barrier()
-    yield
-    if context.enabled and context.is_main:
-        dist.barrier()
+    try:
+        yield
+    finally:  # also when rank 0 fails: the others then meet the same error instead of waiting forever
+        if context.enabled and context.is_main:
+            dist.barrier()
 
 
 def cleanup_distributed(context: DistributedContext) -> None:

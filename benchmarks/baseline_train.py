@@ -37,11 +37,10 @@ from torchvision import transforms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models import upanets  # noqa: E402  (needs the repo root on sys.path)
+from data import ORIGINAL_CIFAR_NORMALIZATION  # noqa: E402  (needs the repo root on sys.path)
+from models import upanets  # noqa: E402
 
-# The normalisation constants of the original CIFAR pipeline.
-ORIGINAL_MEAN = (0.4914, 0.4822, 0.4465)
-ORIGINAL_STD = (0.2023, 0.1994, 0.2010)
+ORIGINAL_MEAN, ORIGINAL_STD = ORIGINAL_CIFAR_NORMALIZATION
 
 
 # ----------------------------------------------------------------------------- original model computation

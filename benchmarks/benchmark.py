@@ -63,8 +63,6 @@ from models.upanets import UPANets, check_config  # noqa: E402
 BATCH = 100
 IMG = 32
 NUM_CLASSES = 10
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 NUMERICS_TOLERANCE = 1e-4
 ORIGINAL_LOGITS_FILE = REPO / "tests" / "data" / "forward_filters8_classes10_img32.pt"
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, matched against the device name, most specific first.
@@ -399,15 +397,13 @@ def measure_eval(filters: int, variant: Variant, settings: Settings) -> Measured
 
 
 def eval_rows(filters: int, settings: Settings) -> list[Result]:
-    """Baseline, ours in fp32, and ours as main.py runs by default (--amp auto, its channels_last default)."""
+    """Baseline, ours in fp32, and ours as main.py runs by default (--amp auto, NCHW)."""
     auto_amp = utils.resolve_amp("auto", settings.device)
-    auto_channels_last = settings.device.type == "cuda"
-    auto_name = f"ours --amp auto ({AMP_NAMES[auto_amp]}" + (" + channels_last)" if auto_channels_last else ")")
     variants = [Variant("baseline: original (fp32, no_grad, per-batch .item())", baseline=True)]
-    if auto_amp is None and not auto_channels_last:
+    if auto_amp is None:
         variants.append(Variant("ours fp32 (= --amp auto on this machine)"))
     else:
-        variants += [Variant("ours fp32"), Variant(auto_name, amp=auto_amp, channels_last=auto_channels_last)]
+        variants += [Variant("ours fp32"), Variant(f"ours --amp auto ({AMP_NAMES[auto_amp]})", amp=auto_amp)]
     group = f"UPANets{filters}"
     return [run_guarded("eval", group, v.name, lambda v=v: measure_eval(filters, v, settings), settings,
                         v.baseline) for v in variants]
@@ -439,7 +435,7 @@ def measure_device_pipeline(images: np.ndarray, labels: np.ndarray, device: torc
     """data.DeviceLoader + data.DeviceTransform, as main.py trains; the second of two epochs is timed."""
     dataset = data.ImageDataset(torch.from_numpy(images), torch.from_numpy(labels))
     loader = data.DeviceLoader(dataset, BATCH, shuffle=True, device=device)
-    transform = data.DeviceTransform(CIFAR10_MEAN, CIFAR10_STD, device=device, pad=4, flip=True)
+    transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True)
     for epoch in range(2):
         loader.set_epoch(epoch)
         transform.set_epoch(epoch)

@@ -47,8 +47,10 @@ def _layer_norm_chw(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """
     if x.is_contiguous():
         return F.layer_norm(x, x.shape[1:], eps=eps)
-    var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)
-    return (x - mean) * torch.rsqrt(var + eps)
+    # In fp32 like F.layer_norm under autocast: a bf16/fp16 variance loses precision or overflows.
+    x32 = x.float()
+    var, mean = torch.var_mean(x32, dim=(1, 2, 3), keepdim=True, correction=0)
+    return ((x32 - mean) * torch.rsqrt(var + eps)).to(x.dtype)
 
 
 class PixelLinear(nn.Linear):

@@ -414,7 +414,7 @@ def test_loader_resumes_mid_epoch(tmp_path):
 def test_loader_merges_a_final_batch_of_one():
     assert [len(b) for b in _epoch(_loader(21, 10), 0)] == [10, 11]
     assert [len(b) for b in _epoch(_loader(21, 10, shuffle=False), 0)] == [10, 10, 1]  # eval mode copes with 1
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match="fewer than 2 per process"):
         _loader(3, 10, world_size=2)
 
 

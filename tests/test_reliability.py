@@ -142,7 +142,7 @@ def test_stop_signal_mid_epoch_saves_and_resumes_exactly(signum, exit_code, sign
     stdout, stderr = reader.finish()
     assert "Traceback" not in stderr and "epoch 1/2" not in stdout, (stdout, stderr)
     match = re.fullmatch(rf"stopped by signal {int(signum)} at epoch 1, step (\d+); "
-                         r"continue with --resume auto --run-name sig", stderr.strip())
+                         r"continue by running the same command with --resume auto", stderr.strip())
     assert match, stderr
     step = int(match.group(1))
     assert 1 <= step < 20  # in the middle of the epoch
@@ -429,7 +429,12 @@ def test_bad_data_is_rejected_and_existing_checkpoint_kept(kind, good_run, tmp_p
     (["--lr", "nan"], "error: --lr must be a positive number, got nan"),
     (["--resume", "missing.pth"], "error: --resume missing.pth: no checkpoint at missing.pth"),
     (["--evaluate"], "error: --evaluate needs --weights PATH (a checkpoint to evaluate)"),
-], ids=["negative-epochs", "zero-batch", "filters-6", "lr-nan", "resume-missing", "evaluate-no-weights"])
+    (["--batch-size", "1"], "error: --batch-size must be at least 2 for training (BatchNorm needs two samples a batch)"),
+    (["--seed", "-1"], "error: --seed must be >= 0, got -1"),
+    (["--checkpoint-dir", "/dev/null"], "error: cannot write to /dev/null/cifar10-upanets16: "
+                                        "/dev/null is not a writable folder"),
+], ids=["negative-epochs", "zero-batch", "filters-6", "lr-nan", "resume-missing", "evaluate-no-weights",
+        "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file"])
 def test_bad_flags_are_rejected_before_any_work(flags, message, tmp_path, run_cli):
     started = time.monotonic()
     result = run_cli(flags, cwd=tmp_path)  # default data dir ./data and --download: work would create files
@@ -456,8 +461,8 @@ def test_second_run_with_same_name_refuses_then_overwrite_runs(good_run, tmp_pat
              *tiny_flags(tmp_path, run_name="good")]
     result = run_cli(flags, cwd=tmp_path)
     ckpt_dir = tmp_path / "checkpoint" / "good"
-    assert one_line_error(result) == (f"error: run 'good' already has checkpoints in {ckpt_dir}; pass --resume auto "
-                                      "to continue it, --overwrite to start it over, or choose another --run-name")
+    assert one_line_error(result) == (f"error: run 'good' already exists ({ckpt_dir / 'last.pth'}); pass --resume "
+                                      "auto to continue it, --overwrite to start it over, or choose another --run-name")
     assert result.stdout == ""
     assert snapshot(tmp_path / "checkpoint", tmp_path / "results") == before
 
