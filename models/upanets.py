@@ -179,10 +179,11 @@ class UPANets(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.emb = CPA(3, filters, same=True)
-        self.layer1 = self._make_stage(filters, filters, blocks, stride=1)
-        self.layer2 = self._make_stage(filters * 2, filters * 2, blocks, stride=2)
-        self.layer3 = self._make_stage(filters * 4, filters * 4, blocks, stride=2)
-        self.layer4 = self._make_stage(filters * 8, filters * 8, blocks, stride=2)
+        # Each stage ends with twice the channels it starts with, which is the next stage's width.
+        self.layer1 = self._make_stage(filters, blocks, stride=1)
+        self.layer2 = self._make_stage(filters * 2, blocks, stride=2)
+        self.layer3 = self._make_stage(filters * 4, blocks, stride=2)
+        self.layer4 = self._make_stage(filters * 8, blocks, stride=2)
         # Average pooling floors odd sizes, as img // 2 // 2 == img // 4 does.
         self.spa0 = SPA(img)
         self.spa1 = SPA(img)
@@ -194,13 +195,14 @@ class UPANets(nn.Module):
         self.bn = nn.BatchNorm1d(self.num_features)
 
     @staticmethod
-    def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    def _make_stage(planes: int, blocks: int, stride: int) -> nn.Sequential:
+        """A first block at ``planes`` channels, then ``4 * blocks`` dense blocks that double them."""
         growth_blocks = 4 * blocks
         growth = planes // growth_blocks
         if stride == 1:
-            layers = [UPABlock(in_planes, planes, same=True)]
+            layers = [UPABlock(planes, planes, same=True)]
         else:
-            layers = [UPABlock(in_planes, planes, stride=stride)]
+            layers = [UPABlock(planes, planes, stride=stride)]
         for i in range(growth_blocks):
             layers.append(UPABlock(planes + i * growth, growth, cat=True))
         return nn.Sequential(*layers)
