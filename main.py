@@ -410,7 +410,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, stop: StopReques
         f"{bundle.num_classes} classes, {bundle.img_size}x{bundle.img_size}")
 
     model = UPANets(args.filters, bundle.num_classes, args.blocks, bundle.img_size)
-    if context.is_main:
+    if context.is_main:  # counting FLOPs runs a forward pass; the other ranks would print nothing anyway
         log(f"model: UPANets{args.filters} (blocks={args.blocks}), {utils.count_parameters(model):,} parameters, "
             f"{utils.forward_flops(model, bundle.img_size) / 1e9:.3f} GFLOPs per image")
     model.to(device)
