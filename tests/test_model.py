@@ -523,6 +523,15 @@ def test_eval_batch_of_one(reference, ref_model):
 # --------------------------------------------------------------------------------------
 
 
+def _smallest_eval_model() -> tuple[UPANets, torch.Tensor, torch.Tensor]:
+    """The smallest valid UPANets (filters 4, 8x8 images) in eval mode, an input batch and its eager output."""
+    torch.manual_seed(0)
+    model = UPANets(4, 10, 1, 8).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        return model, x, model(x)
+
+
 def _compile_unsupported_reason() -> str | None:
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile (dynamo) is not supported on Python {sys.version.split()[0]}"
@@ -536,11 +545,7 @@ def _compile_unsupported_reason() -> str | None:
 def test_torch_compile_matches_eager_and_state_dict_round_trips():
     import torch._inductor.config as inductor_config
 
-    torch.manual_seed(0)
-    model = UPANets(4, 10, 1, 8).eval()
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        expected = model(x)
+    model, x, expected = _smallest_eval_model()
 
     start = time.perf_counter()
     # Scalar (non-vectorised) C++ kernels compile about twice as fast from a cold cache;
@@ -578,11 +583,7 @@ def test_torch_compile_matches_eager_and_state_dict_round_trips():
 
 
 def test_torch_export_matches_eager():
-    torch.manual_seed(0)
-    model = UPANets(4, 10, 1, 8).eval()
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        expected = model(x)
+    model, x, expected = _smallest_eval_model()
     exported = torch.export.export(model, (x,))
     out = exported.module()(x)
     assert out.shape == (2, 10)
