@@ -268,6 +268,15 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     raise TrainingError(f"--amp {amp} is supported on cuda and cpu, not {device.type}")
 
 
+def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
+    """``--channels-last``, where unset (None) on for CPUs and off elsewhere.
+
+    On the CPU, oneDNN's convolutions run faster on channels_last; on GPUs at UPANets'
+    batch sizes, eager steps are bound by kernel launches and layout conversions only add work.
+    """
+    return device.type == "cpu" if channels_last is None else channels_last
+
+
 # ----------------------------------------------------------------------------- model figures
 
 

@@ -350,6 +350,7 @@ def train_variants(settings: Settings) -> list[Variant]:
     variants = [
         Variant("baseline: original recipe (fp32, NCHW, per-step .item())", baseline=True),
         Variant("ours fp32"),
+        Variant("ours fp32 + channels_last", channels_last=True),
         Variant("ours bf16 autocast", amp=torch.bfloat16),
         Variant("ours bf16 + channels_last", amp=torch.bfloat16, channels_last=True),
     ]
@@ -397,13 +398,13 @@ def measure_eval(filters: int, variant: Variant, settings: Settings) -> Measured
 
 
 def eval_rows(filters: int, settings: Settings) -> list[Result]:
-    """Baseline, ours in fp32, and ours as main.py runs by default (--amp auto, NCHW)."""
+    """Baseline, ours in fp32 NCHW, and ours as main.py runs by default (--amp auto, channels_last as resolved)."""
     auto_amp = utils.resolve_amp("auto", settings.device)
-    variants = [Variant("baseline: original (fp32, no_grad, per-batch .item())", baseline=True)]
-    if auto_amp is None:
-        variants.append(Variant("ours fp32 (= --amp auto on this machine)"))
-    else:
-        variants += [Variant("ours fp32"), Variant(f"ours --amp auto ({AMP_NAMES[auto_amp]})", amp=auto_amp)]
+    channels_last = utils.resolve_channels_last(None, settings.device)
+    default = (f"ours as main.py's defaults run here ({AMP_NAMES[auto_amp]}"
+               f"{', channels_last' if channels_last else ''})")
+    variants = [Variant("baseline: original (fp32, no_grad, per-batch .item())", baseline=True),
+                Variant("ours fp32"), Variant(default, amp=auto_amp, channels_last=channels_last)]
     group = f"UPANets{filters}"
     return [run_guarded("eval", group, v.name, lambda v=v: measure_eval(filters, v, settings), settings,
                         v.baseline) for v in variants]

@@ -38,19 +38,22 @@ __all__ = [
 _WIDTH = 2
 
 
-def _layer_norm_chw(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Parameter-free layer norm over (C, H, W), the same as ``F.layer_norm(x, x.shape[1:])``.
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether a 4-d tensor is laid out channels_last (and not also contiguous, as (N, C, 1, 1) maps are)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
-    ``F.layer_norm`` is the fastest on contiguous (NCHW) input, but on any other
-    memory format (channels_last) it copies to NCHW and hands NCHW on to the next
-    layer; there a reduction over every non-batch dim keeps the input's format.
+
+def _layer_norm_chw(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Parameter-free layer norm over (C, H, W), the same as ``F.layer_norm(x, x.shape[1:])``, in x's memory format.
+
+    On channels_last input the same (H, W, C) elements are the trailing dims of
+    the NHWC view, so normalising that view avoids ``F.layer_norm``'s copy to
+    NCHW and keeps the following layers, and the gradients, in channels_last.
     """
-    if x.is_contiguous():
-        return F.layer_norm(x, x.shape[1:], eps=eps)
-    # In fp32 like F.layer_norm under autocast: a bf16/fp16 variance loses precision or overflows.
-    x32 = x.float()
-    var, mean = torch.var_mean(x32, dim=(1, 2, 3), keepdim=True, correction=0)
-    return ((x32 - mean) * torch.rsqrt(var + eps)).to(x.dtype)
+    if _is_channels_last(x):
+        nhwc = x.permute(0, 2, 3, 1)
+        return F.layer_norm(nhwc, nhwc.shape[1:], eps=eps).permute(0, 3, 1, 2)
+    return F.layer_norm(x, x.shape[1:], eps=eps)
 
 
 class PixelLinear(nn.Linear):
@@ -64,6 +67,20 @@ class PixelLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that normalises narrow channels_last maps in NCHW on the CPU.
+
+    ATen's channels_last CPU kernels vectorise across channels, which leaves most
+    vector lanes idle below 16 channels: there they ran several times slower than
+    the NCHW kernels, more than the two layout copies cost.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.shape[1] < 16 and _is_channels_last(x):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 class CPA(nn.Module):
@@ -86,11 +103,11 @@ class CPA(nn.Module):
             raise ValueError("CPA takes either stride=2 or same=True, not both")
         self.stride = stride
         self.cp_ffc = PixelLinear(in_dim, dim)
-        self.bn = nn.BatchNorm2d(dim)
+        self.bn = BatchNorm2d(dim)
         self.has_shortcut = stride == 2 or same
         if self.has_shortcut:
             self.cp_ffc_sc = PixelLinear(in_dim, dim)
-            self.bn_sc = nn.BatchNorm2d(dim)
+            self.bn_sc = BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         out = _layer_norm_chw(features + self.bn(self.cp_ffc(x)))
@@ -117,10 +134,10 @@ class UPABlock(nn.Module):
         hidden = planes * _WIDTH
         self.cnn = nn.Sequential(
             nn.Conv2d(in_planes, hidden, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(hidden),
+            BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, planes, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(planes),
+            BatchNorm2d(planes),
             nn.ReLU(inplace=True),
         )
         self.att = CPA(in_planes, planes, stride, same=same)
@@ -151,8 +168,14 @@ class SPA(nn.Module):
         same reduction, which is how the ExC head computes GAP + SPA in one pass.
         """
         linear = self.sp_ffc[0]
-        weight = (linear.weight.view(1, 1, self.img, self.img) + extra_weight).to(x.dtype)
-        return ((x * weight).sum(dim=(2, 3)) + linear.bias.to(x.dtype))[:, :, None, None]
+        weight = (linear.weight.view(-1) + extra_weight).to(x.dtype)
+        # A weighted sum over the pixel axis of a view in x's own layout: autograd then
+        # returns x's gradient in that layout too (a 4-d x * weight would give NCHW).
+        if _is_channels_last(x):
+            pooled = (x.permute(0, 2, 3, 1).flatten(1, 2) * weight[:, None]).sum(1)
+        else:
+            pooled = (x.flatten(2) * weight).sum(2)
+        return (pooled + linear.bias.to(x.dtype))[:, :, None, None]
 
 
 class UPANets(nn.Module):
@@ -172,10 +195,10 @@ class UPANets(nn.Module):
 
         self.root = nn.Sequential(
             nn.Conv2d(3, filters * _WIDTH, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(filters * _WIDTH),
+            BatchNorm2d(filters * _WIDTH),
             nn.ReLU(inplace=True),
             nn.Conv2d(filters * _WIDTH, filters, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(filters),
+            BatchNorm2d(filters),
             nn.ReLU(inplace=True),
         )
         self.emb = CPA(3, filters, same=True)

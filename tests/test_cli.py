@@ -150,6 +150,7 @@ def test_cifar10_python2_pickles_end_to_end(cifar_run):
     root, fake, result = cifar_run
     assert_success(result)
     check_startup(result.stdout, dataset="cifar10", n_train=40, n_test=20, classes=10, img=32)
+    assert "channels_last=True" in startup_line(result.stdout, "training ")  # the CPU default
     rows = check_run_outputs(root, "cifar10-upanets4", epochs=2, lr=0.05, classes=10, img=32)
     check_test_metrics_match(root, "cifar10-upanets4", rows, fake, CIFAR10_MEAN, CIFAR10_STD, classes=10, img=32)
     assert startup_line(result.stdout, "done:") == (
@@ -175,10 +176,11 @@ def test_cifar10_python3_pickles_and_original_flag_spellings(tmp_path, run_cli):
     fake = make_cifar10(tmp_path / "data", n_train=40, n_test=20, py2_str_keys=False)
     flags = tiny_flags(tmp_path, batch_size=None, save_path=None, epochs=2)
     result = run_cli(["--datasets", "cifar_10", "--data_dir", tmp_path / "data", "--no-download",
-                      "--batch_size", "16", "--save_path", tmp_path / "results", *flags], cwd=tmp_path)
+                      "--batch_size", "16", "--save_path", tmp_path / "results", "--no-channels-last", *flags],
+                     cwd=tmp_path)
     assert_success(result)
     check_startup(result.stdout, dataset="cifar10", n_train=40, n_test=20, classes=10, img=32)
-    assert "global batch 16)" in startup_line(result.stdout, "training ")
+    assert "channels_last=False, processes=1, global batch 16)" in startup_line(result.stdout, "training ")
     rows = check_run_outputs(tmp_path, "cifar10-upanets4", epochs=2, lr=0.1, classes=10, img=32)
     check_test_metrics_match(tmp_path, "cifar10-upanets4", rows, fake, CIFAR10_MEAN, CIFAR10_STD, classes=10, img=32)
     args = json.loads((tmp_path / "results" / "cifar10-upanets4" / "args.json").read_text())
