@@ -2,7 +2,8 @@
 
     python benchmarks/benchmark.py --device cpu                 # UPANets16 on the CPU (~2 min on 2 cores)
     python benchmarks/benchmark.py --device cuda --time-limit 230 --json bench.json   # UPANets16 and 64
-    python benchmarks/benchmark.py --quick --skip-epoch         # smoke run: few steps, no training processes
+    python benchmarks/benchmark.py --quick --sections train,eval,data   # smoke run: no training processes
+    python benchmarks/benchmark.py --device cuda --sections epoch --compile --epoch-timeout 400
     python benchmarks/benchmark.py --device cuda --models 64 --compile
     make bench ARGS="--device cpu"
 
@@ -89,7 +90,7 @@ class Settings:
     epoch_sizes: tuple[int, int]  # generated train / test images for the epoch rows
     epoch_timeout: float  # seconds per training process
     compile: bool
-    skip_epoch: bool
+    sections: tuple[str, ...]
     deadline: float | None  # time.perf_counter() after which rows are skipped (--time-limit)
 
     def seconds_left(self) -> float:
@@ -675,9 +676,11 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             (2, 1, 3, (400, 100), 120) if quick else (10, 2, 20, (2_000, 500), 300))
     if args.steps:  # an explicit step count is timed in full
         steps, row_seconds = args.steps, None
+    if args.epoch_timeout:
+        timeout = args.epoch_timeout
     return Settings(device=device, models=models, steps=steps, warmup=warmup, row_seconds=row_seconds,
                     pipeline_images=2_000 if quick else 10_000, epoch_sizes=epoch_sizes, epoch_timeout=timeout,
-                    compile=args.compile, skip_epoch=args.skip_epoch,
+                    compile=args.compile, sections=args.sections,
                     deadline=None if args.time_limit is None else time.perf_counter() + args.time_limit)
 
 
@@ -694,6 +697,14 @@ def parse_models(value: str) -> tuple[int, ...]:
     return models
 
 
+def parse_sections(value: str) -> tuple[str, ...]:
+    sections = tuple(value.split(","))
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown)}; choose from {','.join(SECTIONS)}")
+    return sections
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -703,7 +714,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="timed steps per train/eval row, eval twice as many (default: 10 on the CPU, 30 on "
                         "CUDA, fewer for rows whose steps are slow; given, they are all timed)")
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps, smaller data sets")
-    parser.add_argument("--skip-epoch", action="store_true", help="skip the whole-process epoch rows")
+    parser.add_argument("--sections", default=tuple(SECTIONS), type=parse_sections,
+                        help=f"comma-separated sections to run (default: all, {','.join(SECTIONS)})")
+    parser.add_argument("--epoch-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time limit of each training process in the epoch rows (default: 300 s on the CPU, "
+                        "120 s on CUDA, less with --quick)")
     parser.add_argument("--compile", action="store_true", help="add a `main.py --compile` row to the epoch table")
     parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                         help="skip the rows that would start after this many seconds, and cut training processes "
@@ -724,10 +739,13 @@ def main(argv: list[str] | None = None) -> None:
         log(line)
     results = []
     for filters in settings.models:
-        results += train_rows(filters, settings)
-        results += eval_rows(filters, settings)
-    results += data_rows(settings)
-    if not settings.skip_epoch:
+        if "train" in settings.sections:
+            results += train_rows(filters, settings)
+        if "eval" in settings.sections:
+            results += eval_rows(filters, settings)
+    if "data" in settings.sections:
+        results += data_rows(settings)
+    if "epoch" in settings.sections:
         results += epoch_rows(settings)
     summary = run_summary(started, other_load)
     print(render(info, numerics, results, summary))
