@@ -65,7 +65,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="mixed precision: auto = bf16 on GPUs that support it (else fp16 with grad scaling) "
                         "and on CPUs with AMX; fp32 elsewhere")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels_last memory format (default: on for CPUs, where it trained faster, "
+                        help="channels_last memory format (default: on for CPUs, where it ran faster, "
                         "off for GPUs, where it was slower for UPANets at batch 100 on an H200)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (with CUDA graphs on a single GPU)")

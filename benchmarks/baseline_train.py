@@ -70,12 +70,11 @@ def original_computation() -> Iterator[None]:
     """Within this block every UPANets computes as the original code did (same parameters, same maths).
 
     CPA mixes channels with permute -> nn.Linear -> permute instead of a 1x1 convolution, layer norm is
-    F.layer_norm, BatchNorm is plain nn.BatchNorm2d, and the ExC head pools with a separate nn.Linear and
-    average pooling. Patches the classes, so it affects every model's forward passes run inside the block.
+    F.layer_norm, and the ExC head pools with a separate nn.Linear and average pooling. Patches the
+    classes, so it affects every model's forward passes run inside the block.
     """
     with mock.patch.object(upanets.PixelLinear, "forward", _per_pixel_linear), \
             mock.patch.object(upanets, "_layer_norm_chw", _layer_norm), \
-            mock.patch.object(upanets.BatchNorm2d, "forward", nn.BatchNorm2d.forward), \
             mock.patch.object(upanets.UPANets, "forward_head", _original_head):
         yield
 

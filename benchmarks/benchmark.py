@@ -34,6 +34,7 @@ import datetime
 import functools
 import gc
 import json
+import math
 import os
 import pickle
 import platform
@@ -676,7 +677,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             (2, 1, 3, (400, 100), 120) if quick else (10, 2, 20, (2_000, 500), 300))
     if args.steps:  # an explicit step count is timed in full
         steps, row_seconds = args.steps, None
-    if args.epoch_timeout:
+    if args.epoch_timeout is not None:
         timeout = args.epoch_timeout
     return Settings(device=device, models=models, steps=steps, warmup=warmup, row_seconds=row_seconds,
                     pipeline_images=2_000 if quick else 10_000, epoch_sizes=epoch_sizes, epoch_timeout=timeout,
@@ -695,6 +696,16 @@ def parse_models(value: str) -> tuple[int, ...]:
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return models
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def parse_sections(value: str) -> tuple[str, ...]:
@@ -716,11 +727,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps, smaller data sets")
     parser.add_argument("--sections", default=tuple(SECTIONS), type=parse_sections,
                         help=f"comma-separated sections to run (default: all, {','.join(SECTIONS)})")
-    parser.add_argument("--epoch-timeout", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--epoch-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                         help="time limit of each training process in the epoch rows (default: 300 s on the CPU, "
                         "120 s on CUDA, less with --quick)")
     parser.add_argument("--compile", action="store_true", help="add a `main.py --compile` row to the epoch table")
-    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--time-limit", type=positive_seconds, default=None, metavar="SECONDS",
                         help="skip the rows that would start after this many seconds, and cut training processes "
                         "short at it (they are reported as skipped or timed out)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")

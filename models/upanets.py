@@ -69,20 +69,6 @@ class PixelLinear(nn.Linear):
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that normalises narrow channels_last maps in NCHW on the CPU.
-
-    ATen's channels_last CPU kernels vectorise across channels, which leaves most
-    vector lanes idle below 16 channels: there they ran several times slower than
-    the NCHW kernels, more than the two layout copies cost.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.shape[1] < 16 and _is_channels_last(x):
-            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
-
-
 class CPA(nn.Module):
     """Channel Pixel Attention.
 
@@ -103,11 +89,11 @@ class CPA(nn.Module):
             raise ValueError("CPA takes either stride=2 or same=True, not both")
         self.stride = stride
         self.cp_ffc = PixelLinear(in_dim, dim)
-        self.bn = BatchNorm2d(dim)
+        self.bn = nn.BatchNorm2d(dim)
         self.has_shortcut = stride == 2 or same
         if self.has_shortcut:
             self.cp_ffc_sc = PixelLinear(in_dim, dim)
-            self.bn_sc = BatchNorm2d(dim)
+            self.bn_sc = nn.BatchNorm2d(dim)
 
     def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         out = _layer_norm_chw(features + self.bn(self.cp_ffc(x)))
@@ -134,10 +120,10 @@ class UPABlock(nn.Module):
         hidden = planes * _WIDTH
         self.cnn = nn.Sequential(
             nn.Conv2d(in_planes, hidden, kernel_size=3, padding=1, bias=False),
-            BatchNorm2d(hidden),
+            nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
             nn.Conv2d(hidden, planes, kernel_size=3, padding=1, bias=False),
-            BatchNorm2d(planes),
+            nn.BatchNorm2d(planes),
             nn.ReLU(inplace=True),
         )
         self.att = CPA(in_planes, planes, stride, same=same)
@@ -195,10 +181,10 @@ class UPANets(nn.Module):
 
         self.root = nn.Sequential(
             nn.Conv2d(3, filters * _WIDTH, kernel_size=3, padding=1, bias=False),
-            BatchNorm2d(filters * _WIDTH),
+            nn.BatchNorm2d(filters * _WIDTH),
             nn.ReLU(inplace=True),
             nn.Conv2d(filters * _WIDTH, filters, kernel_size=3, padding=1, bias=False),
-            BatchNorm2d(filters),
+            nn.BatchNorm2d(filters),
             nn.ReLU(inplace=True),
         )
         self.emb = CPA(3, filters, same=True)
