@@ -571,12 +571,7 @@ def _run(args: argparse.Namespace, context: DistributedContext, stop: StopReques
 
 def _maybe_compile(model: nn.Module, args: argparse.Namespace, device: torch.device,
                    context: DistributedContext) -> nn.Module:
-    if not args.compile:
-        return model
-    # At batch 100 a GPU step is bound by kernel launches; CUDA graphs ("reduce-overhead") remove them.
-    # Under DDP the gradient all-reduce hooks stay outside graphs, so it keeps the default mode.
-    mode = "reduce-overhead" if device.type == "cuda" and not context.enabled else None
-    return torch.compile(model, mode=mode)
+    return utils.compile_model(model, device, distributed=context.enabled) if args.compile else model
 
 
 def cli(argv: Iterable[str] | None = None) -> int:

@@ -122,6 +122,7 @@ class Variant:
     name: str
     amp: torch.dtype | None = None
     channels_last: bool = False
+    compile: bool = False
     baseline: bool = False
 
 
@@ -340,7 +341,8 @@ def measure_train(filters: int, variant: Variant, settings: Settings) -> Measure
         with original_computation():
             rate = throughput(baseline_train_step(model, optimizer, inputs, labels), settings)
     else:
-        rate = throughput(our_train_step(model, optimizer, inputs, labels, variant.amp), settings)
+        net = utils.compile_model(model, device) if variant.compile else model
+        rate = throughput(our_train_step(net, optimizer, inputs, labels, variant.amp), settings)
     tflops = train_flops_per_image(filters) * rate / 1e12
     peak = peak_bf16_tflops(device)
     notes = [f"{tflops:.3g} TFLOP/s" + (f" ({100 * tflops / peak:.1f}% of bf16 peak)" if peak else ""),
@@ -356,6 +358,12 @@ def train_variants(settings: Settings) -> list[Variant]:
         Variant("ours bf16 autocast", amp=torch.bfloat16),
         Variant("ours bf16 + channels_last", amp=torch.bfloat16, channels_last=True),
     ]
+    if settings.compile:
+        amp = utils.resolve_amp("auto", settings.device)
+        channels_last = utils.resolve_channels_last(None, settings.device)
+        variants.append(Variant(f"ours as main.py --compile runs here ({AMP_NAMES[amp]}"
+                                f"{', channels_last' if channels_last else ''}); compile time in warm-up",
+                                amp=amp, channels_last=channels_last, compile=True))
     return variants
 
 
@@ -730,7 +738,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epoch-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                         help="time limit of each training process in the epoch rows (default: 300 s on the CPU, "
                         "120 s on CUDA, less with --quick)")
-    parser.add_argument("--compile", action="store_true", help="add a `main.py --compile` row to the epoch table")
+    parser.add_argument("--compile", action="store_true",
+                        help="add torch.compile rows, as main.py --compile runs, to the train and epoch tables")
     parser.add_argument("--time-limit", type=positive_seconds, default=None, metavar="SECONDS",
                         help="skip the rows that would start after this many seconds, and cut training processes "
                         "short at it (they are reported as skipped or timed out)")
