@@ -7,14 +7,16 @@ both ranks, and leave a checkpoint that a single process can evaluate and resume
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, child_env, read_metrics, tiny_flags
+from conftest import REPO_ROOT, CliResult, child_env, read_metrics, tiny_flags
 from fakedata import make_cifar10
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -24,6 +26,7 @@ RUN = "ddp"
 _RANK_WORKER = """
 import os
 import sys
+import warnings
 
 import torch
 
@@ -38,10 +41,27 @@ torch.save(state, os.path.join(out, "rank" + os.environ["RANK"] + ".pth"))
 
 
 def torchrun(script_and_args: list, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Two CPU processes under ``torchrun --standalone``, run in ``cwd`` (where their outputs go)."""
     if not TORCHRUN.exists():
         pytest.skip(f"torchrun not found next to {sys.executable}")
-    return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *map(str, script_and_args)],
-                          cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *map(str, script_and_args)]
+    result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    if "Signal 6 (SIGABRT)" in result.stderr:
+        # Once in about 80 launches here a rank died of SIGABRT inside torch, with no Python traceback
+        # (gloo's TCP transport is known to abort now and then: pytorch/pytorch#188266). Such a launch is
+        # retried once from clean output folders; an abort this repo's code caused would come back. The
+        # first attempt's output is kept as a warning, for whoever investigates.
+        warnings.warn(f"torchrun aborted (retried once); its stderr:\n{result.stderr[-8000:]}", stacklevel=2)
+        for folder in ("checkpoint", "results"):
+            shutil.rmtree(cwd / folder, ignore_errors=True)
+        result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def assert_exit_0(result: subprocess.CompletedProcess | CliResult) -> None:
+    """A failed run shows its own output (a rank's abort says why only on stderr), not a clipped repr."""
+    assert result.returncode == 0, (f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-2000:]}"
+                                    f"\n--- stderr ---\n{result.stderr[-8000:]}")
 
 
 def ddp_flags(root: Path, data_dir: Path, **overrides) -> list:
@@ -66,7 +86,7 @@ def ddp_run(cifar21, tmp_path_factory):
 
 def test_torchrun_writes_one_set_of_outputs(ddp_run):
     root, result = ddp_run
-    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert_exit_0(result)
     assert "Traceback" not in result.stderr
     assert result.stdout.count("data: cifar10, 40 train / 21 test images") == 1  # only rank 0 logs
     training = [line for line in result.stdout.splitlines() if line.startswith("training ")]
@@ -91,12 +111,12 @@ def test_torchrun_writes_one_set_of_outputs(ddp_run):
 
 def test_ddp_test_accuracy_equals_single_process_evaluation(ddp_run, cifar21, run_cli):
     root, result = ddp_run
-    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert_exit_0(result)
     weights = root / "checkpoint" / RUN / "last.pth"
     single = run_cli(["--evaluate", "--weights", weights, "--dataset", "cifar10", "--data-dir", cifar21,
                       "--no-download", "--filters", "4", "--batch-size", "8", "--workers", "0", "--no-progress"],
                      cwd=root)
-    assert single.returncode == 0, single
+    assert_exit_0(single)
     line = next(line for line in single.stdout.splitlines() if line.startswith("evaluate "))
     loss, top1, images = re.search(r"test loss ([0-9.]+) \| top-1 ([0-9.]+)% .*\((\d+) images\)", line).groups()
     last = read_metrics(root / "results" / RUN / "metrics.jsonl")[-1]
@@ -109,11 +129,11 @@ def test_ddp_test_accuracy_equals_single_process_evaluation(ddp_run, cifar21, ru
 
 def test_single_process_resumes_a_ddp_checkpoint(ddp_run, cifar21, tmp_path, run_cli):
     root, result = ddp_run
-    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert_exit_0(result)
     for folder in ("checkpoint", "results"):
         subprocess.run(["cp", "-a", str(root / folder), str(tmp_path / folder)], check=True)
     resumed = run_cli([*ddp_flags(tmp_path, cifar21, epochs=3), "--resume", "auto"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed
+    assert_exit_0(resumed)
     assert f"resumed from {tmp_path / 'checkpoint' / RUN / 'last.pth'} at epoch 3" in resumed.stdout
     assert "processes=1, global batch 8)" in resumed.stdout
     rows = read_metrics(tmp_path / "results" / RUN / "metrics.jsonl")
@@ -128,7 +148,7 @@ def test_ranks_end_with_identical_weights(cifar21, tmp_path):
     worker.write_text(_RANK_WORKER.format(repo=str(REPO_ROOT)))
     (tmp_path / "ranks").mkdir()
     result = torchrun([worker, tmp_path / "ranks", *ddp_flags(tmp_path, cifar21)], cwd=tmp_path)
-    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert_exit_0(result)
     rank0 = torch.load(tmp_path / "ranks" / "rank0.pth", weights_only=True)
     rank1 = torch.load(tmp_path / "ranks" / "rank1.pth", weights_only=True)
     saved = torch.load(tmp_path / "checkpoint" / RUN / "last.pth", map_location="cpu", weights_only=True)["model"]
