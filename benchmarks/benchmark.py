@@ -350,6 +350,14 @@ def measure_train(filters: int, variant: Variant, settings: Settings) -> Measure
     return Measured(rate, "; ".join(n for n in notes if n))
 
 
+def main_default_variant(label: str, settings: Settings, compile: bool = False) -> Variant:
+    """``label``, run with the precision and layout main.py's defaults (--amp auto, --channels-last unset) pick here."""
+    amp = utils.resolve_amp("auto", settings.device)
+    channels_last = utils.resolve_channels_last(None, settings.device)
+    return Variant(f"{label} ({AMP_NAMES[amp]}{', channels_last' if channels_last else ''})", amp=amp,
+                   channels_last=channels_last, compile=compile)
+
+
 def train_variants(settings: Settings) -> list[Variant]:
     variants = [
         Variant("baseline: original recipe (fp32, NCHW, per-step .item())", baseline=True),
@@ -359,11 +367,8 @@ def train_variants(settings: Settings) -> list[Variant]:
         Variant("ours bf16 + channels_last", amp=torch.bfloat16, channels_last=True),
     ]
     if settings.compile:
-        amp = utils.resolve_amp("auto", settings.device)
-        channels_last = utils.resolve_channels_last(None, settings.device)
-        variants.append(Variant(f"ours as main.py --compile runs here ({AMP_NAMES[amp]}"
-                                f"{', channels_last' if channels_last else ''}); compile time in warm-up",
-                                amp=amp, channels_last=channels_last, compile=True))
+        variants.append(main_default_variant("ours as main.py --compile runs here, compiling in the warm-up",
+                                             settings, compile=True))
     return variants
 
 
@@ -408,13 +413,9 @@ def measure_eval(filters: int, variant: Variant, settings: Settings) -> Measured
 
 
 def eval_rows(filters: int, settings: Settings) -> list[Result]:
-    """Baseline, ours in fp32 NCHW, and ours as main.py runs by default (--amp auto, channels_last as resolved)."""
-    auto_amp = utils.resolve_amp("auto", settings.device)
-    channels_last = utils.resolve_channels_last(None, settings.device)
-    default = (f"ours as main.py's defaults run here ({AMP_NAMES[auto_amp]}"
-               f"{', channels_last' if channels_last else ''})")
+    """Baseline, ours in fp32 NCHW, and ours as main.py runs by default."""
     variants = [Variant("baseline: original (fp32, no_grad, per-batch .item())", baseline=True),
-                Variant("ours fp32"), Variant(default, amp=auto_amp, channels_last=channels_last)]
+                Variant("ours fp32"), main_default_variant("ours as main.py's defaults run here", settings)]
     group = f"UPANets{filters}"
     return [run_guarded("eval", group, v.name, lambda v=v: measure_eval(filters, v, settings), settings,
                         v.baseline) for v in variants]
