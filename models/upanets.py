@@ -6,7 +6,9 @@ with global average pooling plus Spatial Pixel Attention (SPA).
 
 This file imports torch only, so it can be copied into other projects as is.
 Parameter names, order and shapes follow the original implementation, so its
-checkpoints load with ``strict=True`` (see :func:`load_weights`).
+checkpoints load with ``strict=True`` (see :func:`load_weights`). CPA and SPA
+also work as plug-ins after any CNN, and UPANets traces with ``torch.fx`` (for
+``create_feature_extractor``), ``torch.compile`` and ``torch.export``.
 """
 from __future__ import annotations
 
@@ -43,6 +45,14 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+# Helpers whose branches depend on a tensor's shape or memory layout are called as
+# single nodes when torch.fx traces (e.g. for create_feature_extractor): their code
+# then runs on real tensors, so the checks and the layout-aware paths still apply.
+torch.fx.wrap("_layer_norm_chw")
+torch.fx.wrap("_weighted_pixel_sum")
+torch.fx.wrap("_checked_input")
+
+
 def _layer_norm_chw(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Parameter-free layer norm over (C, H, W), the same as ``F.layer_norm(x, x.shape[1:])``, in x's memory format.
 
@@ -70,36 +80,52 @@ class PixelLinear(nn.Linear):
 
 
 class CPA(nn.Module):
-    """Channel Pixel Attention.
+    """Channel Pixel Attention, usable after any CNN.
 
-    ``forward(x, features)`` mixes the block input ``x`` across channels at every
-    pixel (linear + BatchNorm), adds the block's convolutional ``features`` and
-    layer-normalises over (C, H, W). Modes:
+    ``forward(x, sc_x)`` mixes ``x`` across channels at every pixel (linear +
+    BatchNorm, (N, in_dim, H, W) -> (N, dim, H, W)) and layer-normalises over
+    (C, H, W). With ``sc_x=True`` (the flag) the second input ``sc_x``, e.g. the
+    output of a CNN applied to ``x``, is added first when it has the mix's shape;
+    otherwise it replaces ``x`` as the input of the shortcut projection below.
 
-    * plain (``stride=1``): that residual sum alone;
-    * ``same=True``: plus a second channel-mix projection of ``x`` as shortcut;
-    * ``stride=2``: plus that projection, then 2x2 average pooling.
+    * ``stride=1``: that alone;
+    * ``same=True``: plus a second channel-mix projection of ``x`` as shortcut
+      (only with ``sc_x=True``), at full resolution even when ``stride=2``;
+    * ``stride=2``: plus that projection, then 2x2 average pooling;
+    * ``sc_x=False``: a channel embedding that ignores the second input.
     """
 
-    def __init__(self, in_dim: int, dim: int, stride: int = 1, same: bool = False) -> None:
+    def __init__(self, in_dim: int, dim: int, stride: int = 1, same: bool = False, sc_x: bool = True) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"CPA stride must be 1 or 2, got {stride}")
-        if stride == 2 and same:
-            raise ValueError("CPA takes either stride=2 or same=True, not both")
-        self.stride = stride
+        self.stride, self.same, self.sc_x = stride, same, sc_x
         self.cp_ffc = PixelLinear(in_dim, dim)
         self.bn = nn.BatchNorm2d(dim)
-        self.has_shortcut = stride == 2 or same
+        self.has_shortcut = (stride == 2 or same) and sc_x
         if self.has_shortcut:
             self.cp_ffc_sc = PixelLinear(in_dim, dim)
             self.bn_sc = nn.BatchNorm2d(dim)
+        self.downsample = stride == 2 and not same
 
-    def forward(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        out = _layer_norm_chw(features + self.bn(self.cp_ffc(x)))
+    def forward(self, x: torch.Tensor, sc_x: torch.Tensor, *, residual: bool = False) -> torch.Tensor:
+        """CPA of ``x`` with second input ``sc_x``.
+
+        ``residual=True`` promises that ``sc_x`` has the output's (N, dim, H, W)
+        shape, as a block's features do, and skips comparing shapes: UPANets
+        takes that path, so it traces without shape-dependent branches.
+        """
+        out = self.bn(self.cp_ffc(x))
+        shortcut = x
+        if self.sc_x:
+            if residual or out.shape == sc_x.shape:
+                out = sc_x + out
+            else:
+                shortcut = sc_x
+        out = _layer_norm_chw(out)
         if self.has_shortcut:
-            out = out + self.bn_sc(self.cp_ffc_sc(x))
-        if self.stride == 2:
+            out = out + self.bn_sc(self.cp_ffc_sc(shortcut))
+        if self.downsample:
             out = F.avg_pool2d(out, 2)
         return out
 
@@ -129,39 +155,50 @@ class UPABlock(nn.Module):
         self.att = CPA(in_planes, planes, stride, same=same)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.att(x, self.cnn(x))
+        out = self.att(x, self.cnn(x), residual=True)
         return torch.cat([x, out], dim=1) if self.cat else out
+
+
+def _weighted_pixel_sum(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``sum_p x[n, c, p] * weight[p] + bias`` over the H*W pixels p, as an (N, C, 1, 1) map.
+
+    The sum runs over a view in x's own layout, so autograd returns x's gradient
+    in that layout too (a 4-d ``x * weight`` would give NCHW).
+    """
+    weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    if _is_channels_last(x):
+        pooled = (x.permute(0, 2, 3, 1).flatten(1, 2) * weight[:, None]).sum(1)
+    else:
+        pooled = (x.flatten(2) * weight).sum(2)
+    return (pooled + bias)[:, :, None, None]
 
 
 class SPA(nn.Module):
     """Spatial Pixel Attention: one linear map over the flattened H*W pixels of each channel.
 
-    Maps (N, C, img, img) to (N, C, 1, 1).
+    Maps (N, C, img, img) to (N, C, out, out).
     """
 
-    def __init__(self, img: int) -> None:
+    def __init__(self, img: int, out: int = 1) -> None:
         super().__init__()
-        self.img = img
-        self.sp_ffc = nn.Sequential(nn.Linear(img * img, 1))
+        self.img, self.out = img, out
+        self.sp_ffc = nn.Sequential(nn.Linear(img * img, out * out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(x)
+        if self.out == 1:
+            return self.pool(x)
+        return self.sp_ffc(x.flatten(2)).unflatten(2, (self.out, self.out))
 
     def pool(self, x: torch.Tensor, extra_weight: float = 0.0) -> torch.Tensor:
-        """SPA with ``extra_weight`` added to every pixel weight.
+        """SPA (``out=1`` only) with ``extra_weight`` added to every pixel weight.
 
         ``extra_weight = 1 / (H * W)`` folds global average pooling into the
         same reduction, which is how the ExC head computes GAP + SPA in one pass.
         """
+        if self.out != 1:
+            raise ValueError(f"SPA.pool reduces to one value per channel; this SPA has out={self.out}")
         linear = self.sp_ffc[0]
-        weight = (linear.weight.view(-1) + extra_weight).to(x.dtype)
-        # A weighted sum over the pixel axis of a view in x's own layout: autograd then
-        # returns x's gradient in that layout too (a 4-d x * weight would give NCHW).
-        if _is_channels_last(x):
-            pooled = (x.permute(0, 2, 3, 1).flatten(1, 2) * weight[:, None]).sum(1)
-        else:
-            pooled = (x.flatten(2) * weight).sum(2)
-        return (pooled + linear.bias.to(x.dtype))[:, :, None, None]
+        return _weighted_pixel_sum(x, linear.weight.view(-1) + extra_weight, linear.bias)
 
 
 class UPANets(nn.Module):
@@ -216,10 +253,15 @@ class UPANets(nn.Module):
             layers.append(UPABlock(planes + i * growth, growth, cat=True))
         return nn.Sequential(*layers)
 
+    @property
+    def spas(self) -> tuple[SPA, ...]:
+        """The ExC head's SPA layers, one per feature map: the stem's, then stages 1 to 4."""
+        return (self.spa0, self.spa1, self.spa2, self.spa3, self.spa4)
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stem's and the four stages' feature maps, in that order."""
-        _check_input(x, self.img)
-        out0 = self.emb(x, self.root(x))
+        x = _checked_input(x, self.img)
+        out0 = self.emb(x, self.root(x), residual=True)
         out1 = self.layer1(out0)
         out2 = self.layer2(out1)
         out3 = self.layer3(out2)
@@ -229,9 +271,10 @@ class UPANets(nn.Module):
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
         """ExC: GAP + SPA of every feature map, layer-normed, concatenated deepest first."""
         pooled = []
-        for spa, feature in zip((self.spa0, self.spa1, self.spa2, self.spa3, self.spa4), features):
-            height, width = feature.shape[-2:]
-            pooled.append(_layer_norm_chw(spa.pool(feature, extra_weight=1.0 / (height * width))))
+        for spa, feature in zip(self.spas, features):
+            # Each map is spa.img pixels square (its pixel weights would not fit otherwise),
+            # so GAP's weight is a constant rather than a read of the traced shape.
+            pooled.append(_layer_norm_chw(spa.pool(feature, extra_weight=1.0 / (spa.img * spa.img))))
         out = torch.cat(pooled[::-1], dim=1).flatten(1)
         return self.linear(self.bn(out))
 
@@ -256,7 +299,12 @@ def check_config(filters: int, num_classes: int, blocks: int, img: int) -> None:
         raise ValueError(f"UPANets img must be >= 8 (the last stage is img // 8 pixels wide), got {img}")
 
 
-def _check_input(x: torch.Tensor, img: int) -> None:
+def _checked_input(x: torch.Tensor, img: int) -> torch.Tensor:
+    """``x`` itself if it is an (N, 3, img, img) batch, else a ValueError.
+
+    Returning ``x`` for the forward pass to use keeps this check in traced
+    graphs, whose dead-code elimination would drop a call with an unused result.
+    """
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"UPANets expects an (N, 3, H, W) batch, got shape {tuple(x.shape)}")
     if x.shape[2] != img or x.shape[3] != img:
@@ -264,6 +312,7 @@ def _check_input(x: torch.Tensor, img: int) -> None:
             f"UPANets was built for {img}x{img} inputs (its SPA layers are sized by img), "
             f"got {x.shape[2]}x{x.shape[3]}; build it with img={x.shape[2]} or resize the input"
         )
+    return x
 
 
 def upanets16(num_classes: int = 10, img: int = 32, blocks: int = 1) -> UPANets:
