@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from utils import atomic_write, one_line
 
 DATASETS = ("cifar10", "cifar100", "tiny-imagenet", "folder", "synthetic")
 ORIGINAL_DATASET_NAMES = {"cifar_10": "cifar10", "cifar_100": "cifar100", "tiny_imgnet": "tiny-imagenet"}
@@ -222,15 +223,11 @@ def _locate(data_dir: Path, folder: str, title: str, url: str, md5: str, downloa
     try:
         download_and_extract_archive(url, str(data_dir), md5=md5)
     except Exception as e:  # network, HTTP, checksum and archive errors all mean the same here
-        raise DataError(f"downloading {title} from {url} failed ({_one_line(e)}); "
+        raise DataError(f"downloading {title} from {url} failed ({one_line(e)}); "
                         f"check the network, or extract the archive into {data_dir} yourself") from None
     if not root.is_dir():
         raise DataError(f"{url} did not extract to {root}; extract it there yourself")
     return root
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 # ------------------------------------------------------------------------------------- image files
@@ -244,7 +241,7 @@ def _load_tiny_imagenet(data_dir: Path, download: bool, img_size: int, in_memory
     try:
         wnids = wnids_file.read_text().split()
     except OSError as e:
-        raise DataError(f"cannot read {wnids_file} ({_one_line(e)}); re-download with --download") from None
+        raise DataError(f"cannot read {wnids_file} ({one_line(e)}); re-download with --download") from None
     if not wnids:
         raise DataError(f"{wnids_file} lists no classes; re-download with --download")
     classes = sorted(set(wnids))  # sorted like ImageFolder, which the original code (and its checkpoints) used
@@ -260,7 +257,7 @@ def _load_tiny_imagenet(data_dir: Path, download: bool, img_size: int, in_memory
     try:
         lines = annotations.read_text().splitlines()
     except OSError as e:
-        raise DataError(f"cannot read {annotations} ({_one_line(e)}); re-download with --download") from None
+        raise DataError(f"cannot read {annotations} ({one_line(e)}); re-download with --download") from None
     test_files, test_labels = [], []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -334,7 +331,7 @@ def _read_image(path: Path, img_size: int) -> Tensor:
                 im = im.resize((img_size, img_size), Image.Resampling.BILINEAR)
             array = np.array(im)
     except Exception as e:  # PIL reports damaged files as OSError, SyntaxError, EOFError, struct.error, ...
-        raise DataError(f"cannot read image {path} ({_one_line(e)}); replace or delete it") from None
+        raise DataError(f"cannot read image {path} ({one_line(e)}); replace or delete it") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -369,7 +366,7 @@ def _fingerprint(root: Path, files: list[Path], labels: list[int]) -> str:
         try:
             stat = path.stat()
         except OSError as e:
-            raise DataError(f"cannot read image {path} ({_one_line(e)}); replace it or fix the listing") from None
+            raise DataError(f"cannot read image {path} ({one_line(e)}); replace it or fix the listing") from None
         h.update(f"{path.relative_to(root)}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
@@ -383,22 +380,17 @@ def _read_cache(path: Path, key: str) -> ImageDataset | None:
             return None
         return ImageDataset(obj["images"], obj["labels"])
     except Exception as e:  # a damaged cache is only a lost shortcut: decode again
-        warnings.warn(f"ignoring unreadable cache {path} ({_one_line(e)})", stacklevel=2)
+        warnings.warn(f"ignoring unreadable cache {path} ({one_line(e)})", stacklevel=2)
         return None
 
 
 def _write_cache(path: Path, key: str, data: ImageDataset) -> None:
-    """Write atomically (temp file + rename) so concurrent ranks or a crash never leave a partial cache."""
-    tmp = None
+    """Write atomically, so concurrent ranks or a crash never leave a partial cache."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             torch.save({"key": key, "images": data.images, "labels": data.labels}, f)
-        os.replace(tmp, path)
     except OSError as e:  # e.g. a read-only data directory: train anyway, just without the shortcut
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        warnings.warn(f"cannot write cache {path} ({_one_line(e)}); images will be decoded again next time",
+        warnings.warn(f"cannot write cache {path} ({one_line(e)}); images will be decoded again next time",
                       stacklevel=2)
 
 

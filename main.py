@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import data
+import tuning
 import utils
-from models.upanets import UPANets, check_config, extract_state_dict, describe_state_dict
+from checkpointing import Checkpointer, ResumePoint, load_checkpoint, load_model_weights
+from engine import EpochState, Runtime, StopRequest, Stopped, Trainer, agree_across_ranks, evaluate, train_one_epoch
+from models.upanets import UPANets, check_config
 from utils import DistributedContext, TrainingError
-
-# Steps between host-device synchronisations (progress bar, non-finite loss and stop-signal checks).
-SYNC_EVERY = 50
 
 
 def _dataset_name(value: str) -> str:
@@ -147,226 +144,221 @@ def default_run_name(args: argparse.Namespace) -> str:
     return name if args.blocks == 1 else f"{name}-blocks{args.blocks}"
 
 
-def resolve_resume(args: argparse.Namespace, run_checkpoint_dir: Path, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from; refuses to clobber an existing run that is not being resumed."""
-    last = run_checkpoint_dir / "last.pth"
-    if args.resume is None:
-        for existing in (last, run_dir / "metrics.jsonl"):
-            if existing.exists() and not args.overwrite:
-                raise TrainingError(
-                    f"run '{args.run_name}' already exists ({existing}); pass --resume auto to continue it, "
-                    "--overwrite to start it over, or choose another --run-name"
-                )
-        return None
-    path = last if args.resume == "auto" else Path(args.resume)
-    if not path.is_file():
-        raise TrainingError(f"--resume {args.resume}: no checkpoint at {path}")
-    return path
+@dataclass(frozen=True)
+class RunFolders:
+    """Where a training run writes: checkpoints, and metrics/curves/args; and what it resumes from."""
 
+    checkpoints: Path
+    results: Path
+    resume: Path | None
 
-def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], source: Path) -> None:
-    """Load a checkpoint's weights into ``model`` strictly, or say in one line why they do not fit."""
-    try:
-        state_dict = extract_state_dict(checkpoint)
-    except ValueError as e:
-        raise TrainingError(f"{source}: {e}") from None
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError:
-        expected = f"UPANets(filters={model.filters}, num_classes={model.num_classes}, blocks={model.blocks}, img={model.img})"
-        try:
-            found = describe_state_dict(state_dict)
-        except ValueError:
-            raise TrainingError(f"{source} does not hold UPANets weights (expected {expected})") from None
-        raise TrainingError(
-            f"{source} holds UPANets({', '.join(f'{k}={v}' for k, v in found.items())}) "
-            f"but this run builds {expected}; match --filters/--blocks/--dataset to the checkpoint"
-        ) from None
+    @classmethod
+    def for_training(cls, args: argparse.Namespace) -> RunFolders:
+        """Check the folders can be written and pick the checkpoint to resume, before any data is loaded.
 
-
-# ----------------------------------------------------------------------------- stop signals
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag that the training loop checks between steps.
-
-    A second signal restores the default handler, so pressing Ctrl-C twice still stops at once.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():  # Python allows handlers only there
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        """Put back the handlers that were there before :meth:`install`."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signum, signal.SIG_DFL)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or 0)
-
-
-class Stopped(Exception):
-    """Raised after a resumable checkpoint was written because a stop signal arrived."""
-
-    def __init__(self, exit_code: int, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-# ----------------------------------------------------------------------------- train / evaluate
+        Refuses to clobber an existing run that is not being resumed.
+        """
+        checkpoints, results = args.checkpoint_dir / args.run_name, args.save_path / args.run_name
+        for folder in (checkpoints, results):
+            utils.check_writable(folder)
+        last = checkpoints / "last.pth"
+        if args.resume is None:
+            for existing in (last, results / "metrics.jsonl"):
+                if existing.exists() and not args.overwrite:
+                    raise TrainingError(
+                        f"run '{args.run_name}' already exists ({existing}); pass --resume auto to continue it, "
+                        "--overwrite to start it over, or choose another --run-name"
+                    )
+            return cls(checkpoints, results, None)
+        path = last if args.resume == "auto" else Path(args.resume)
+        if not path.is_file():
+            raise TrainingError(f"--resume {args.resume}: no checkpoint at {path}")
+        return cls(checkpoints, results, path)
 
 
 @dataclass
-class EpochState:
-    """Running sums of one training epoch, kept on the device and saved in mid-epoch checkpoints."""
+class Run:
+    """What evaluation and training share once the data and the model are set up."""
 
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    seen: torch.Tensor
-    step: int = 0
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> EpochState:
-        return cls(*(torch.zeros((), dtype=torch.float64, device=device) for _ in range(3)))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen.cpu(), "step": self.step}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochState:
-        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["seen"].to(device), state["step"])
+    runtime: Runtime
+    speed: tuning.SpeedChoice
+    bundle: data.DataBundle
+    model: UPANets  # on its device and in its memory format; never wrapped
+    criterion: nn.Module
+    test_loader: data.DeviceLoader
+    test_transform: data.DeviceTransform
 
 
-def train_one_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    loader: data.DeviceLoader,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-    state: EpochState,
-    *,
-    epoch: int,
-    amp_dtype: torch.dtype | None,
-    channels_last: bool,
-    context: DistributedContext,
-    stop: StopRequest,
-    progress: bool,
-) -> bool:
-    """Train from ``state.step`` to the end of the epoch; return False if a stop signal cut it short."""
-    model.train()
-    device = state.loss_sum.device
-    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-    bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1} train", disable=not progress,
-               leave=False, dynamic_ncols=True)
-    for images, labels in loader.iter_from(state.step):
-        inputs = _prepare(images, transform, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(inputs)
-            loss = criterion(outputs, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: dict[str, Any] | None) -> Run:
+    """The device; the data; the model; its precision and memory layout; the test loader.
 
-        loss = loss.detach()
-        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss),
-                                     torch.full_like(first_bad_step, state.step), first_bad_step)
-        state.loss_sum += loss * labels.numel()
-        state.correct += (outputs.argmax(1) == labels).sum()
-        state.seen += labels.numel()
-        state.step += 1
-        bar.update()
+    ``checkpoint`` is the one to resume or evaluate, whose precision and layout a run keeps when the flags allow.
+    """
+    device = resolve_device(args.device, context)
+    tuning.amp_candidates(args.amp, device)  # an --amp the device cannot run fails before the data loads
+    utils.seed_everything(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
-        at_sync = state.step % SYNC_EVERY == 0 or state.step == len(loader)
-        # A single process may stop at any step; under torchrun the ranks check in together at sync points.
-        if at_sync or (stop.signum is not None and not context.enabled):
-            bad_step = int(first_bad_step)
-            stopping, any_bad = _agree(stop, bad_step >= 0, context)
-            if any_bad:  # checked before a stop saves: never a checkpoint of weights a non-finite loss ruined
-                where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
-                raise TrainingError(
-                    f"training loss became non-finite at epoch {epoch + 1}, {where}; stopped without "
-                    "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
-                )
-            if at_sync:
-                bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen.item():.3f}",
-                                acc=f"{100 * state.correct.item() / state.seen.item():.2f}%")
-            if stopping and state.step < len(loader):
-                bar.close()
-                return False
-    bar.close()
-    return True
+    with utils.main_process_first(context):  # only rank 0 downloads
+        bundle = data.load_data(args.dataset, args.data_dir, download=args.download, img_size=args.img_size,
+                                workers=args.workers, seed=args.seed)
+    context.print0(f"data: {args.dataset}, {len(bundle.train)} train / {len(bundle.test)} test images, "
+                   f"{bundle.num_classes} classes, {bundle.img_size}x{bundle.img_size}")
+
+    model = UPANets(args.filters, bundle.num_classes, args.blocks, bundle.img_size)
+    if context.is_main:  # counting FLOPs runs a forward pass; the other ranks would print nothing anyway
+        print(f"model: UPANets{args.filters} (blocks={args.blocks}), {utils.count_parameters(model):,} parameters, "
+              f"{utils.forward_flops(model, bundle.img_size) / 1e9:.3f} GFLOPs per image")
+    speed = tuning.choose(model, amp_flag=args.amp, channels_last_flag=args.channels_last, device=device,
+                          batch_size=args.batch_size, train=not args.evaluate, context=context,
+                          stored=(checkpoint or {}).get("speed_choice"))
+    context.print0(speed.describe())
+    runtime = Runtime(device, amp_dtype=speed.amp_dtype, channels_last=speed.channels_last, context=context,
+                      progress=context.is_main and not args.no_progress and sys.stderr.isatty())
+    model.to(device)
+    if runtime.channels_last:
+        model.to(memory_format=torch.channels_last)
+    test_loader = data.DeviceLoader(bundle.test, args.batch_size, shuffle=False, device=device,
+                                    rank=context.rank, world_size=context.world_size, workers=args.workers)
+    test_transform = data.DeviceTransform(bundle.mean, bundle.std, device=device)
+    return Run(runtime, speed, bundle, model, nn.CrossEntropyLoss(), test_loader, test_transform)
 
 
-def _prepare(images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
-             channels_last: bool) -> torch.Tensor:
-    inputs = transform(images)
-    return inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
+def compile_if_asked(model: nn.Module, args: argparse.Namespace, runtime: Runtime) -> nn.Module:
+    if not args.compile:
+        return model
+    return utils.compile_model(model, runtime.device, distributed=runtime.context.enabled)
 
 
-def _agree(stop: StopRequest, bad: bool, context: DistributedContext) -> tuple[bool, bool]:
-    """(stop, non-finite loss) as every process sees it: true on one rank is true on all."""
-    if not context.enabled:
-        return stop.signum is not None, bad
-    flags = torch.tensor([float(stop.signum is not None), float(bad)])
-    if torch.distributed.get_backend() == "nccl":
-        flags = flags.cuda()
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    stopping, any_bad = (bool(flag) for flag in flags.tolist())
-    if stopping and stop.signum is None:  # another rank got the signal
-        stop.signum = signal.SIGTERM
-    return stopping, any_bad
+# ----------------------------------------------------------------------------- evaluate only
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    criterion: nn.Module,
-    loader: data.DeviceLoader,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    channels_last: bool,
-    context: DistributedContext,
-    progress: bool,
-) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over the whole test set, all-reduced across processes."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1, top-5, images
-    for images, labels in tqdm(loader, desc="test", disable=not progress, leave=False, dynamic_ncols=True):
-        inputs = _prepare(images, transform, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(inputs)
-            loss = criterion(outputs, labels)
-        top5 = outputs.topk(min(5, outputs.shape[1]), dim=1).indices
-        hits = top5 == labels[:, None]
-        sums[0] += loss.double() * labels.numel()
-        sums[1] += hits[:, 0].sum()
-        sums[2] += hits.any(1).sum()
-        sums[3] += labels.numel()
-    utils.all_reduce_sum(sums, context)
-    loss_sum, top1, top5_hits, count = sums.tolist()
-    return {"loss": loss_sum / count, "acc1": 100 * top1 / count, "acc5": 100 * top5_hits / count, "images": count}
+def evaluate_weights(args: argparse.Namespace, run: Run, checkpoint: dict[str, Any]) -> None:
+    """``--evaluate``: the test loss and accuracy of ``--weights`` (loaded as ``checkpoint``)."""
+    load_model_weights(run.model, checkpoint, args.weights)
+    transform = run.test_transform
+    if "net" in checkpoint and args.dataset in ("cifar10", "cifar100"):
+        # The original code normalised both CIFARs with one mean/std: its weights expect those inputs.
+        run.runtime.context.print0("original code's checkpoint: normalising with its CIFAR mean/std")
+        transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=run.runtime.device)
+    model = compile_if_asked(run.model, args, run.runtime)
+    stats = evaluate(model, run.criterion, run.test_loader, transform, run.runtime)
+    run.runtime.context.print0(
+        f"evaluate {args.weights}: test loss {stats['loss']:.4f} | top-1 {stats['acc1']:.2f}% | "
+        f"top-5 {stats['acc5']:.2f}% ({int(stats['images'])} images)")
+
+
+# ----------------------------------------------------------------------------- train
 
 
 def cosine_factor(epoch: int, epochs: int) -> float:
     """Cosine annealing from 1 to 0 over ``epochs``, as CosineAnnealingLR(T_max=epochs) stepped per epoch."""
     return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def build_trainer(args: argparse.Namespace, run: Run) -> tuple[Trainer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD with the flags' settings, a per-epoch cosine schedule, the AMP scaler and the train augmentation."""
+    runtime, bundle = run.runtime, run.bundle
+    optimizer = torch.optim.SGD(run.model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: cosine_factor(epoch, args.epochs))
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    augment = data.DeviceTransform(bundle.mean, bundle.std, device=runtime.device, pad=bundle.pad, flip=True,
+                                   seed=args.seed, rank=runtime.context.rank)
+    return Trainer(run.model, run.criterion, optimizer, scaler, augment), scheduler
+
+
+def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopRequest,
+          checkpoint: dict[str, Any] | None) -> nn.Module:
+    """Resume from ``checkpoint`` or start, then train the epochs, evaluating and saving after each.
+
+    Returns the bare model.
+    """
+    runtime, context, model = run.runtime, run.runtime.context, run.model
+    trainer, scheduler = build_trainer(args, run)
+    metadata = {"speed_choice": run.speed.to_dict()}
+    checkpointer = Checkpointer(folders.checkpoints, model, trainer, scheduler, args, runtime, metadata)
+    start = ResumePoint()
+    if checkpoint is not None:
+        start = checkpointer.restore(checkpoint, folders.resume)
+        context.print0(f"resumed from {folders.resume} at epoch {start.epoch + 1}"
+                       + (f", step {start.epoch_state.step}" if start.epoch_state else ""))
+    # The schedule is a function of --epochs, so a run resumed with more epochs stretches it to the new total.
+    for group, base_lr in zip(trainer.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * cosine_factor(scheduler.last_epoch, args.epochs)
+
+    if args.sync_bn and context.enabled:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BatchNorm layers in place
+    eval_model = trainer.model = compile_if_asked(model, args, runtime)
+    if context.enabled:
+        trainer.model = nn.parallel.DistributedDataParallel(
+            eval_model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    train_loader = data.DeviceLoader(run.bundle.train, args.batch_size, shuffle=True, device=runtime.device,
+                                     seed=args.seed, rank=context.rank, world_size=context.world_size,
+                                     workers=args.workers)
+    metrics = utils.MetricsLogger(folders.results, start.epoch) if context.is_main else None
+    if context.is_main:
+        utils.write_json(folders.results / "args.json", {**vars(args), **metadata})
+    stop.install()  # before the "training" line: a signal sent once it is printed always gets a checkpoint
+    context.print0(f"training {args.run_name} for {args.epochs} epochs on {runtime.device} "
+                   f"(amp={run.speed.amp}, channels_last={runtime.channels_last}, "
+                   f"processes={context.world_size}, global batch {args.batch_size * context.world_size})")
+
+    best_acc, epoch_state = start.best_acc, start.epoch_state
+    for epoch in range(start.epoch, args.epochs):
+        train_loader.set_epoch(epoch)
+        if epoch_state is None:
+            trainer.augment.set_epoch(epoch)
+            epoch_state = EpochState.zeros(runtime.device)
+        started = time.perf_counter()
+        images_before = epoch_state.seen.item()
+        if not train_one_epoch(trainer, train_loader, epoch_state, runtime, epoch=epoch, stop=stop):
+            if context.is_main:
+                checkpointer.save(epoch, best_acc, epoch_state=epoch_state)
+            raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} at epoch {epoch + 1}, step "
+                          f"{epoch_state.step}; continue by running the same command with --resume auto")
+        train_seconds = time.perf_counter() - started
+        train_loss_sum, train_correct, train_seen = utils.all_reduce_sum(
+            torch.stack([epoch_state.loss_sum, epoch_state.correct, epoch_state.seen]), context).tolist()
+        if context.enabled:  # DDP syncs BatchNorm statistics only at the next forward: evaluate and save rank 0's
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        stats = evaluate(eval_model, run.criterion, run.test_loader, run.test_transform, runtime)
+        if not math.isfinite(stats["loss"]):  # the last step's update can ruin weights after a finite training loss
+            raise TrainingError(
+                f"test loss became non-finite after epoch {epoch + 1}, step {epoch_state.step}; stopped without "
+                "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
+            )
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        is_best = stats["acc1"] > best_acc
+        best_acc = max(best_acc, stats["acc1"])
+        if context.is_main:
+            checkpointer.save(epoch + 1, best_acc, is_best=is_best)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss_sum / train_seen,
+                "train_acc": 100 * train_correct / train_seen,
+                "test_loss": stats["loss"],
+                "test_acc": stats["acc1"],
+                "best_acc": best_acc,
+                "lr": lr,
+                "epoch_seconds": time.perf_counter() - started,
+                "train_images_per_second": (train_seen - images_before * context.world_size) / train_seconds,
+            }
+            metrics.log(row)
+            print(f"epoch {epoch + 1}/{args.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% "
+                  f"| test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% top-5 {stats['acc5']:.2f}% | "
+                  f"best {best_acc:.2f}% | lr {lr:.4g} | {row['epoch_seconds']:.1f}s, "
+                  f"{row['train_images_per_second']:.0f} img/s")
+        epoch_state = None
+        if agree_across_ranks(stop, False, context)[0]:
+            raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} after epoch {epoch + 1}; "
+                          "continue by running the same command with --resume auto")
+    context.print0(f"done: best test accuracy {best_acc:.2f}%; checkpoints in {folders.checkpoints}, "
+                   f"metrics in {folders.results}")
+    return model
 
 
 # ----------------------------------------------------------------------------- main
@@ -379,199 +371,19 @@ def main(args: argparse.Namespace) -> nn.Module:
         args.device == "auto" and torch.cuda.is_available()) else "cpu")
     stop = StopRequest()
     try:
-        return _run(args, context, stop)
+        args.run_name = args.run_name or default_run_name(args)
+        folders = None if args.evaluate else RunFolders.for_training(args)  # a bad folder fails before any work
+        # Read before the data: a bad file fails at once, and its precision and layout carry over.
+        source = args.weights if args.evaluate else folders.resume
+        checkpoint = None if source is None else load_checkpoint(source)
+        run = set_up(args, context, checkpoint)
+        if args.evaluate:
+            evaluate_weights(args, run, checkpoint)
+            return run.model
+        return train(args, run, folders, stop, checkpoint)
     finally:
         stop.restore()
         utils.cleanup_distributed(context)
-
-
-def _run(args: argparse.Namespace, context: DistributedContext, stop: StopRequest) -> nn.Module:
-    device = resolve_device(args.device, context)
-    amp_dtype = utils.resolve_amp(args.amp, device)
-    channels_last = utils.resolve_channels_last(args.channels_last, device)
-    args.run_name = args.run_name or default_run_name(args)
-    run_checkpoint_dir = args.checkpoint_dir / args.run_name
-    run_dir = args.save_path / args.run_name
-    resume_path = None if args.evaluate else resolve_resume(args, run_checkpoint_dir, run_dir)
-    if not args.evaluate:  # a read-only location fails now, not after an epoch of work
-        for folder in (run_checkpoint_dir, run_dir):
-            utils.check_writable(folder)
-    progress = context.is_main and not args.no_progress and sys.stderr.isatty()
-    log = print if context.is_main else (lambda *a, **k: None)
-
-    utils.seed_everything(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    with utils.main_process_first(context):  # only rank 0 downloads
-        bundle = data.load_data(args.dataset, args.data_dir, download=args.download, img_size=args.img_size,
-                                workers=args.workers, seed=args.seed)
-    log(f"data: {args.dataset}, {len(bundle.train)} train / {len(bundle.test)} test images, "
-        f"{bundle.num_classes} classes, {bundle.img_size}x{bundle.img_size}")
-
-    model = UPANets(args.filters, bundle.num_classes, args.blocks, bundle.img_size)
-    if context.is_main:  # counting FLOPs runs a forward pass; the other ranks would print nothing anyway
-        log(f"model: UPANets{args.filters} (blocks={args.blocks}), {utils.count_parameters(model):,} parameters, "
-            f"{utils.forward_flops(model, bundle.img_size) / 1e9:.3f} GFLOPs per image")
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    criterion = nn.CrossEntropyLoss()
-    test_loader = data.DeviceLoader(bundle.test, args.batch_size, shuffle=False, device=device,
-                                    rank=context.rank, world_size=context.world_size, workers=args.workers)
-    test_transform = data.DeviceTransform(bundle.mean, bundle.std, device=device)
-    eval_kwargs = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, context=context,
-                       progress=progress)
-
-    if args.evaluate:
-        checkpoint = utils.load_checkpoint(args.weights)
-        load_model_weights(model, checkpoint, args.weights)
-        if "net" in checkpoint and args.dataset in ("cifar10", "cifar100"):
-            # The original code normalised both CIFARs with one mean/std: its weights expect those inputs.
-            log("original code's checkpoint: normalising with its CIFAR mean/std")
-            test_transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device)
-        eval_model = _maybe_compile(model, args, device, context)
-        stats = evaluate(eval_model, criterion, test_loader, test_transform, **eval_kwargs)
-        log(f"evaluate {args.weights}: test loss {stats['loss']:.4f} | top-1 {stats['acc1']:.2f}% | "
-            f"top-5 {stats['acc5']:.2f}% ({int(stats['images'])} images)")
-        return model
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: cosine_factor(epoch, args.epochs))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start_epoch, best_acc, epoch_state = 0, -1.0, None
-
-    transform = data.DeviceTransform(bundle.mean, bundle.std, device=device, pad=bundle.pad, flip=True,
-                                     seed=args.seed, rank=context.rank)
-    if resume_path is not None:
-        checkpoint = utils.load_checkpoint(resume_path)
-        if "optimizer" not in checkpoint:
-            raise TrainingError(f"{resume_path} holds weights only; it cannot be resumed (start a new run instead)")
-        load_model_weights(model, checkpoint, resume_path)
-        try:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            if checkpoint["scaler"]:  # empty unless the run used fp16 grad scaling
-                scaler.load_state_dict(checkpoint["scaler"])
-            utils.set_rng_state(checkpoint["rng"])
-            start_epoch, best_acc = checkpoint["epoch"], checkpoint["best_acc"]
-            saved = checkpoint["epoch_state"]
-            # A mid-epoch position replays exactly only for the same batches and augmentation stream, which
-            # a single process on the same kind of device reproduces; otherwise that epoch starts again.
-            if saved is not None and context.world_size == 1 == checkpoint["world_size"] and (
-                    saved["batch_size"], saved["seed"], saved["device_type"]) == (
-                    args.batch_size, args.seed, device.type):
-                epoch_state = EpochState.from_state_dict(saved, device)
-                transform.generator.set_state(saved["augment_rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise TrainingError(f"{resume_path} is not a complete training checkpoint of this repo "
-                                f"({type(e).__name__}: {e}); resume from a last.pth it wrote") from None
-        log(f"resumed from {resume_path} at epoch {start_epoch + 1}"
-            + (f", step {epoch_state.step}" if epoch_state else ""))
-    # The schedule is a function of --epochs, so a run resumed with more epochs stretches it to the new total.
-    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base_lr * cosine_factor(scheduler.last_epoch, args.epochs)
-
-    if args.sync_bn and context.enabled:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    eval_model = train_model = _maybe_compile(model, args, device, context)
-    if context.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            eval_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    train_loader = data.DeviceLoader(bundle.train, args.batch_size, shuffle=True, device=device, seed=args.seed,
-                                     rank=context.rank, world_size=context.world_size, workers=args.workers)
-    logger = utils.MetricsLogger(run_dir, start_epoch) if context.is_main else None
-    if context.is_main:
-        utils.write_json(run_dir / "args.json", vars(args))
-    stop.install()  # before the "training" line: a signal sent once it is printed always gets a checkpoint
-    log(f"training {args.run_name} for {args.epochs} epochs on {device} "
-        f"(amp={amp_dtype or 'off'}, channels_last={channels_last}, processes={context.world_size}, "
-        f"global batch {args.batch_size * context.world_size})")
-
-    def checkpoint_state(epoch: int, state: EpochState | None) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "best_acc": best_acc,
-            "epoch_state": None if state is None else {
-                **state.state_dict(), "augment_rng": transform.generator.get_state(),
-                "batch_size": args.batch_size, "seed": args.seed, "device_type": device.type},
-            "world_size": context.world_size,
-            "args": utils.plain(vars(args)),
-            "rng": utils.rng_state(),
-        }
-
-    for epoch in range(start_epoch, args.epochs):
-        train_loader.set_epoch(epoch)
-        if epoch_state is None:
-            transform.set_epoch(epoch)
-            epoch_state = EpochState.zeros(device)
-        started = time.perf_counter()
-        images_before = epoch_state.seen.item()
-        finished = train_one_epoch(train_model, criterion, optimizer, scaler, train_loader, transform, epoch_state,
-                                   epoch=epoch, amp_dtype=amp_dtype, channels_last=channels_last, context=context,
-                                   stop=stop, progress=progress)
-        if not finished:
-            if context.is_main:
-                utils.save_checkpoint(checkpoint_state(epoch, epoch_state), run_checkpoint_dir / "last.pth")
-            raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} at epoch {epoch + 1}, step "
-                          f"{epoch_state.step}; continue by running the same command with --resume auto")
-        train_seconds = time.perf_counter() - started
-        train_sums = utils.all_reduce_sum(torch.stack([epoch_state.loss_sum, epoch_state.correct,
-                                                       epoch_state.seen]), context)
-        train_loss, train_correct, train_seen = train_sums.tolist()
-        images_trained = (train_seen - images_before * context.world_size)
-        if context.enabled:  # DDP syncs BatchNorm statistics only at the next forward: evaluate and save rank 0's
-            for buffer in model.buffers():
-                torch.distributed.broadcast(buffer, 0)
-        stats = evaluate(eval_model, criterion, test_loader, test_transform, **eval_kwargs)
-        if not math.isfinite(stats["loss"]):  # the last step's update can ruin weights after a finite training loss
-            raise TrainingError(
-                f"test loss became non-finite after epoch {epoch + 1}, step {epoch_state.step}; stopped without "
-                "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
-            )
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        is_best = stats["acc1"] > best_acc
-        best_acc = max(best_acc, stats["acc1"])
-        epoch_state = None
-        if context.is_main:
-            state = checkpoint_state(epoch + 1, None)
-            utils.save_checkpoint(state, run_checkpoint_dir / "last.pth")
-            if is_best:
-                utils.save_checkpoint(state, run_checkpoint_dir / "best.pth")
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss / train_seen,
-                "train_acc": 100 * train_correct / train_seen,
-                "test_loss": stats["loss"],
-                "test_acc": stats["acc1"],
-                "best_acc": best_acc,
-                "lr": lr,
-                "epoch_seconds": time.perf_counter() - started,
-                "train_images_per_second": images_trained / train_seconds,
-            }
-            logger.log(row)
-            log(f"epoch {epoch + 1}/{args.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
-                f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% top-5 {stats['acc5']:.2f}% | "
-                f"best {best_acc:.2f}% | lr {lr:.4g} | {row['epoch_seconds']:.1f}s, "
-                f"{row['train_images_per_second']:.0f} img/s")
-        if _agree(stop, False, context)[0]:
-            raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} after epoch {epoch + 1}; "
-                          "continue by running the same command with --resume auto")
-    log(f"done: best test accuracy {best_acc:.2f}%; checkpoints in {run_checkpoint_dir}, metrics in {run_dir}")
-    return model
-
-
-def _maybe_compile(model: nn.Module, args: argparse.Namespace, device: torch.device,
-                   context: DistributedContext) -> nn.Module:
-    return utils.compile_model(model, device, distributed=context.enabled) if args.compile else model
 
 
 def cli(argv: Iterable[str] | None = None) -> int:

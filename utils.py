@@ -1,20 +1,18 @@
-"""Training helpers: checkpoints, metrics logs and plots, seeding, distributed set-up."""
+"""Training helpers: atomic file writes, metrics logs and plots, seeding, compilation, distributed set-up."""
 from __future__ import annotations
 
 import contextlib
 import csv
-import io
+import glob
 import json
 import math
 import os
-import pickle
 import random
-import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -25,22 +23,36 @@ class TrainingError(Exception):
     """A problem the user can fix (bad checkpoint, bad flag value, ...), with a one-line message."""
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def one_line(e: BaseException) -> str:
+    """``Type: message`` of an exception on one line, for messages that quote a library's error."""
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` with ``torch.save`` atomically: a temp file in the same folder, fsync, rename.
+# ----------------------------------------------------------------------------- files
 
-    A process killed mid-write leaves the previous file at ``path`` intact.
+# Files the run writes get the permissions open() would give them, not mkstemp's private 0600.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write ``path`` through a file object that replaces it only once everything is on disk.
+
+    The data goes to a uniquely named temporary file in the same folder, which is flushed, fsynced and
+    renamed over ``path``: readers see the old file or the new one, never a mix. If the block raises,
+    the temporary file is removed and ``path`` keeps its bytes; temporary files left by a killed writer
+    are removed by the next write of the same path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):
         stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
@@ -55,40 +67,6 @@ def check_writable(folder: str | os.PathLike) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise TrainingError(f"cannot write to {folder}: {existing} is not a writable folder")
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors for bad files.
-
-    ``weights_only`` refuses pickles that would run code on load.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message is many lines of advice; the one that matters follows "WeightsUnpickler error:".
-        details = [" ".join(part.split()) for part in str(e).partition("WeightsUnpickler error:")[2].split("\n\n")]
-        reason = next((part for part in details if part), type(e).__name__)
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if unsafe:
-            raise TrainingError(
-                f"refusing to load {path}: unpickling it would import {unsafe.group(1)}, which can run code; "
-                "only checkpoints of tensors and plain Python values are accepted"
-            ) from None
-        raise TrainingError(
-            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint "
-            f"({reason})"
-        ) from None
-    except Exception as e:  # a damaged or foreign file can fail with almost any exception type
-        raise TrainingError(
-            f"cannot read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint "
-            f"({type(e).__name__})"
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise TrainingError(f"{path} is not a checkpoint: expected a dict, got {type(checkpoint).__name__}")
-    return checkpoint
 
 
 def rng_state() -> dict[str, Any]:
@@ -134,12 +112,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """``value`` as plain JSON-able Python (paths to str), for ``args.json`` and checkpoints."""
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
@@ -188,12 +166,12 @@ class MetricsLogger:
         self.plot()
 
     def _rewrite(self) -> None:
-        _atomic_write_text(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in self.rows))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        _atomic_write_text(self.csv_path, buffer.getvalue())
+        with atomic_write(self.jsonl_path, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in self.rows)
+        with atomic_write(self.csv_path, "w") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
 
     def plot(self) -> None:
         """Redraw ``curves.png`` from scratch (a new figure each time, so lines never pile up)."""
@@ -214,58 +192,19 @@ class MetricsLogger:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        tmp = self.plot_path.with_name(f".{self.plot_path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.plot_path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        try:
+            with atomic_write(self.plot_path) as f:
+                fig.savefig(f, format="png", dpi=100)
+        finally:
+            plt.close(fig)
 
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
-    _atomic_write_text(Path(path), json.dumps(plain(data), indent=2) + "\n")
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(jsonable(data), indent=2) + "\n")
 
 
-# ----------------------------------------------------------------------------- precision
-
-
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tiles, where bf16 autocast is a real speed-up.
-
-    Without them (AVX-512 bf16 alone) bf16 convolutions ran slower than fp32.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read().split()
-    except OSError:
-        return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` on ``device``, or None for full fp32."""
-    if amp == "off":
-        return None
-    if device.type == "cuda":
-        # Native bf16 needs compute capability 8.0 (Ampere); older GPUs only emulate it, slowly.
-        bf16_ok = torch.cuda.get_device_capability(device) >= (8, 0)
-        if amp == "auto":
-            return torch.bfloat16 if bf16_ok else torch.float16
-        if amp == "bf16" and not bf16_ok:
-            raise TrainingError("--amp bf16: this GPU has no bf16 support; use --amp fp16 or off")
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-    if device.type == "cpu":
-        if amp == "fp16":
-            raise TrainingError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
-        if amp == "auto":
-            return torch.bfloat16 if cpu_has_amx_bf16() else None
-        return torch.bfloat16
-    if amp == "auto":
-        return None
-    raise TrainingError(f"--amp {amp} is supported on cuda and cpu, not {device.type}")
+# ----------------------------------------------------------------------------- compilation
 
 
 def compile_model(model: torch.nn.Module, device: torch.device, distributed: bool = False) -> torch.nn.Module:
@@ -276,16 +215,6 @@ def compile_model(model: torch.nn.Module, device: torch.device, distributed: boo
     """
     mode = "reduce-overhead" if device.type == "cuda" and not distributed else None
     return torch.compile(model, mode=mode)
-
-
-def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
-    """``--channels-last``, where unset (None) on for CPUs and off elsewhere.
-
-    On the CPU, oneDNN's convolutions run faster on channels_last. On an H200 at batch 100 it
-    made eager steps slower (they are bound by kernel launches), as measured before the layer
-    norm and SPA kept that layout through the backward pass; that has not been re-measured.
-    """
-    return device.type == "cpu" if channels_last is None else channels_last
 
 
 # ----------------------------------------------------------------------------- model figures
@@ -326,6 +255,11 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def print0(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on rank 0 only, so a line appears once however many processes run."""
+        if self.is_main:
+            print(*args, **kwargs)
 
 
 def init_distributed(device_type: str) -> DistributedContext:

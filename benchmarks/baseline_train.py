@@ -8,12 +8,12 @@ torchvision-style CIFAR-10 Dataset that hands PIL images to RandomCrop(32, paddi
 RandomHorizontalFlip + ToTensor + Normalize, DataLoaders with num_workers=0, fp32 in NCHW,
 SGD(lr 0.1, momentum 0.9, weight decay 5e-4) with per-epoch cosine annealing, host syncs every step
 (loss.item(), correct.sum().item()), a test pass after every epoch, a {'net', 'acc', 'epoch'} checkpoint
-when the accuracy improves, and a loss/accuracy plot. (DataParallel, which the original wraps around the
+when the accuracy improves, and per-epoch metrics with a loss/accuracy plot. (DataParallel, which the original wraps around the
 model on CUDA, does nothing on one GPU and is left out.)
 
 The model is this repo's UPANets computed the original way, see :func:`original_computation`. Each
-epoch's line ends in "| <seconds>s, <images/s> img/s": the time of its training and test passes (as
-main.py's epoch_seconds) and its training throughput, which benchmark.py reads.
+epoch's metrics go to <save-path>/metrics.jsonl as main.py writes them (epoch_seconds: the time of its
+training and test passes; train_images_per_second), which benchmark.py reads.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from data import ORIGINAL_CIFAR_NORMALIZATION  # noqa: E402  (needs the repo root on sys.path)
 from models import upanets  # noqa: E402
+from utils import MetricsLogger  # noqa: E402
 
 ORIGINAL_MEAN, ORIGINAL_STD = ORIGINAL_CIFAR_NORMALIZATION
 
@@ -58,7 +59,7 @@ def _layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 def _original_head(self: upanets.UPANets, features: list[torch.Tensor]) -> torch.Tensor:
     """ExC as the original: SPA as nn.Linear over the flattened pixels, plus average pooling, F.layer_norm."""
     pooled = []
-    for spa, feature in zip((self.spa0, self.spa1, self.spa2, self.spa3, self.spa4), features):
+    for spa, feature in zip(self.spas, features):
         spatial = spa.sp_ffc(feature.flatten(2)).unsqueeze(-1)  # (N, C, 1, 1)
         average = F.avg_pool2d(feature, feature.shape[2:])
         pooled.append(_layer_norm(average + spatial))
@@ -154,25 +155,6 @@ def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device:
     return loss_sum / len(loader), 100.0 * correct / total
 
 
-def save_history_plot(history: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = range(1, len(history["train_loss"]) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(2, 1)
-    for split, color in (("train", "blue"), ("test", "red")):
-        ax_loss.plot(epochs, history[f"{split}_loss"], c=color, label=f"{split} loss")
-        ax_acc.plot(epochs, history[f"{split}_acc"], c=color, label=f"{split} acc")
-    for ax, label in ((ax_loss, "loss"), (ax_acc, "acc")):
-        ax.set_ylabel(label)
-        ax.set_xlabel("epoch")
-        ax.legend(loc=0)
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train UPANets with the original recipe (speed baseline)")
     parser.add_argument("--data-dir", default=Path("./data"), type=Path,
@@ -184,7 +166,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", default=0, type=int, help="DataLoader workers (the original: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--save-path", default=Path("./results/baseline"), type=Path,
-                        help="checkpoint/ckpt.pth and train_history.png go here")
+                        help="checkpoint/ckpt.pth, metrics.jsonl/.csv and curves.png go here")
     parser.add_argument("--seed", default=0, type=int)
     return parser
 
@@ -212,7 +194,7 @@ def main(args: argparse.Namespace) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     args.save_path.mkdir(parents=True, exist_ok=True)
-    history: dict[str, list[float]] = {"train_loss": [], "train_acc": [], "test_loss": [], "test_acc": []}
+    metrics = MetricsLogger(args.save_path)  # rows and a plot per epoch, as main.py writes them
     best_acc = 0.0
     with original_computation():
         for epoch in range(args.epochs):
@@ -226,9 +208,10 @@ def main(args: argparse.Namespace) -> None:
                 (args.save_path / "checkpoint").mkdir(exist_ok=True)
                 torch.save({"net": model.state_dict(), "acc": test_acc, "epoch": epoch},
                            args.save_path / "checkpoint" / "ckpt.pth")
-            for key, value in zip(history, (train_loss, train_acc, test_loss, test_acc)):
-                history[key].append(value)
-            save_history_plot(history, args.save_path / "train_history.png")
+            metrics.log({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+                         "test_acc": test_acc, "best_acc": best_acc, "lr": scheduler.get_last_lr()[0],
+                         "epoch_seconds": epoch_seconds,
+                         "train_images_per_second": len(train_labels) / train_seconds})
             scheduler.step()
             print(f"epoch {epoch + 1}/{args.epochs} | train loss {train_loss:.4f} acc {train_acc:.2f}% | "
                   f"test loss {test_loss:.4f} acc {test_acc:.2f}% | best {best_acc:.2f}% | "

@@ -36,9 +36,6 @@ import gc
 import json
 import math
 import os
-import pickle
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -55,11 +52,14 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
 import data  # noqa: E402  (needs the repo root on sys.path)
+import engine  # noqa: E402
+import tuning  # noqa: E402
 import utils  # noqa: E402
 from baseline_train import PilImages, original_computation, train_transform  # noqa: E402
+from fakedata import make_cifar10  # noqa: E402  (CIFAR-10 files in the official format)
 from models.upanets import UPANets, check_config  # noqa: E402
 
 BATCH = 100
@@ -76,8 +76,6 @@ SECTIONS = {  # key: (title, metric column, whether higher values are better)
     "data": (f"3. Data pipeline: random crop + flip + normalise into batches of {BATCH}", "images/s", True),
     "epoch": ("4. Epochs (train + test): whole process, and the last epoch alone", "wall time (s)", False),
 }
-AMP_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-EPOCH_LINE = re.compile(r"\|\s*([0-9.]+)s, ([0-9.]+) img/s\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +132,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
-
-
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -157,7 +151,7 @@ def run_guarded(section: str, group: str, variant: str, measure: Callable[[], Me
             measured = measure()
             result.value, result.notes, result.epoch_seconds = measured.value, measured.notes, measured.epoch_seconds
         except Exception as e:  # any failure of one row is reported in the table
-            result.error = one_line(e)
+            result.error = utils.one_line(e)[:300]
         gc.collect()
         if settings.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -199,13 +193,18 @@ def make_model(filters: int, device: torch.device, channels_last: bool = False) 
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def make_batch(device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A normalised float batch, as the baseline's DataLoader hands it over, and its labels."""
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(BATCH, 3, IMG, IMG, generator=generator).to(device)
     labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator).to(device)
-    if channels_last:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
     return inputs, labels
+
+
+def make_uint8_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 image batch, as main.py's DeviceLoader hands it to the step, and its labels."""
+    images, labels = random_cifar(BATCH)
+    return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
 
 
 def weights_note(model: nn.Module) -> str:
@@ -251,7 +250,7 @@ def check_numerics(settings: Settings) -> list[str]:
             lines.append(f"UPANets{filters}, baseline vs ours, fp32 eval + train logits: "
                          f"max |diff| {diff:.1e} (tolerance {NUMERICS_TOLERANCE:.0e}) {verdict}")
         except Exception as e:  # reported, never fatal
-            lines.append(f"UPANets{filters}, baseline vs ours: check failed ({one_line(e)})")
+            lines.append(f"UPANets{filters}, baseline vs ours: check failed ({utils.one_line(e)[:300]})")
     if ORIGINAL_LOGITS_FILE.is_file():
         lines.append(check_against_original_logits(settings.device))
     return lines
@@ -274,7 +273,7 @@ def check_against_original_logits(device: torch.device) -> str:
         return (f"UPANets{a['filters']}, baseline vs the original code's saved logits "
                 f"({ORIGINAL_LOGITS_FILE.relative_to(REPO)}): max |diff| {max(diffs):.1e} {verdict}")
     except Exception as e:  # reported, never fatal
-        return f"baseline vs the original code's saved logits: check failed ({one_line(e)})"
+        return f"baseline vs the original code's saved logits: check failed ({utils.one_line(e)[:300]})"
 
 
 # ----------------------------------------------------------------------------- 1. train step
@@ -317,32 +316,29 @@ def baseline_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inpu
     return step
 
 
-def our_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor,
-                   amp: torch.dtype | None) -> Callable[[], None]:
-    """main.py's step: optional autocast, no host sync."""
-    criterion = nn.CrossEntropyLoss()
-
-    def step() -> None:
-        with torch.autocast(inputs.device.type, dtype=amp, enabled=amp is not None):
-            loss = criterion(model(inputs), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+def our_train_step(model: nn.Module, variant: Variant, device: torch.device) -> Callable[[], None]:
+    """main.py's train step (engine.train_step) on a fixed uint8 batch, augmented on the device as main.py does."""
+    runtime = engine.Runtime(device, amp_dtype=variant.amp, channels_last=variant.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=variant.amp == torch.float16)
+    augment = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True)
+    net = utils.compile_model(model, device) if variant.compile else model
+    trainer = engine.Trainer(net.train(), nn.CrossEntropyLoss(), optimizer, scaler, augment)
+    images, labels = make_uint8_batch(device)
+    state = engine.EpochState.zeros(device)
+    return lambda: engine.train_step(trainer, images, labels, state, runtime)
 
 
 def measure_train(filters: int, variant: Variant, settings: Settings) -> Measured:
     device = settings.device
     model = make_model(filters, device, variant.channels_last)
-    inputs, labels = make_batch(device, variant.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     if variant.baseline:
+        inputs, labels = make_batch(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         with original_computation():
             rate = throughput(baseline_train_step(model, optimizer, inputs, labels), settings)
     else:
-        net = utils.compile_model(model, device) if variant.compile else model
-        rate = throughput(our_train_step(net, optimizer, inputs, labels, variant.amp), settings)
+        rate = throughput(our_train_step(model, variant, device), settings)
     tflops = train_flops_per_image(filters) * rate / 1e12
     peak = peak_bf16_tflops(device)
     notes = [f"{tflops:.3g} TFLOP/s" + (f" ({100 * tflops / peak:.1f}% of bf16 peak)" if peak else ""),
@@ -350,15 +346,18 @@ def measure_train(filters: int, variant: Variant, settings: Settings) -> Measure
     return Measured(rate, "; ".join(n for n in notes if n))
 
 
-def main_default_variant(label: str, settings: Settings, compile: bool = False) -> Variant:
-    """``label``, run with the precision and layout main.py's defaults (--amp auto, --channels-last unset) pick here."""
-    amp = utils.resolve_amp("auto", settings.device)
-    channels_last = utils.resolve_channels_last(None, settings.device)
-    return Variant(f"{label} ({AMP_NAMES[amp]}{', channels_last' if channels_last else ''})", amp=amp,
-                   channels_last=channels_last, compile=compile)
+def main_default_variant(label: str, filters: int, settings: Settings, train: bool = True,
+                         compile: bool = False) -> Variant:
+    """``label``, run with the precision and layout that main.py's defaults (--amp auto, --channels-last unset)
+    choose on this machine: measured by tuning.choose, or read from its cache, as main.py would."""
+    choice = tuning.choose(make_model(filters, torch.device("cpu")), amp_flag="auto", channels_last_flag=None,
+                           device=settings.device, batch_size=BATCH, train=train, context=utils.DistributedContext())
+    source = {"measured": "measured now", "cache": "cached"}.get(choice.source, choice.source)
+    return Variant(f"{label} ({choice.label}; {source})", amp=choice.amp_dtype, channels_last=choice.channels_last,
+                   compile=compile)
 
 
-def train_variants(settings: Settings) -> list[Variant]:
+def train_variants(filters: int, settings: Settings) -> list[Variant]:
     variants = [
         Variant("baseline: original recipe (fp32, NCHW, per-step .item())", baseline=True),
         Variant("ours fp32"),
@@ -368,14 +367,14 @@ def train_variants(settings: Settings) -> list[Variant]:
     ]
     if settings.compile:
         variants.append(main_default_variant("ours as main.py --compile runs here, compiling in the warm-up",
-                                             settings, compile=True))
+                                             filters, settings, compile=True))
     return variants
 
 
 def train_rows(filters: int, settings: Settings) -> list[Result]:
     group = f"UPANets{filters}"
     return [run_guarded("train", group, v.name, lambda v=v: measure_train(filters, v, settings),
-                        settings, v.baseline) for v in train_variants(settings)]
+                        settings, v.baseline) for v in train_variants(filters, settings)]
 
 
 # ----------------------------------------------------------------------------- 2. eval
@@ -392,11 +391,17 @@ def baseline_eval_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Ten
     return step
 
 
-def our_eval_step(model: nn.Module, inputs: torch.Tensor, amp: torch.dtype | None) -> Callable[[], None]:
-    """main.py's evaluation forward: inference mode, optional autocast, no host sync."""
+def our_eval_step(model: nn.Module, variant: Variant, device: torch.device) -> Callable[[], None]:
+    """main.py's eval step (engine.eval_step) on a fixed uint8 batch, in inference mode."""
+    runtime = engine.Runtime(device, amp_dtype=variant.amp, channels_last=variant.channels_last)
+    transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device)
+    criterion = nn.CrossEntropyLoss()
+    images, labels = make_uint8_batch(device)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+
     def step() -> None:
-        with torch.inference_mode(), torch.autocast(inputs.device.type, dtype=amp, enabled=amp is not None):
-            model(inputs)
+        with torch.inference_mode():
+            engine.eval_step(model, criterion, images, labels, transform, sums, runtime)
 
     return step
 
@@ -404,18 +409,19 @@ def our_eval_step(model: nn.Module, inputs: torch.Tensor, amp: torch.dtype | Non
 def measure_eval(filters: int, variant: Variant, settings: Settings) -> Measured:
     device = settings.device
     model = make_model(filters, device, variant.channels_last).eval()
-    inputs, labels = make_batch(device, variant.channels_last)
     steps = 2 * settings.steps
     if variant.baseline:
+        inputs, labels = make_batch(device)
         with original_computation():
             return Measured(throughput(baseline_eval_step(model, inputs, labels), settings, steps))
-    return Measured(throughput(our_eval_step(model, inputs, variant.amp), settings, steps))
+    return Measured(throughput(our_eval_step(model, variant, device), settings, steps))
 
 
 def eval_rows(filters: int, settings: Settings) -> list[Result]:
     """Baseline, ours in fp32 NCHW, and ours as main.py runs by default."""
     variants = [Variant("baseline: original (fp32, no_grad, per-batch .item())", baseline=True),
-                Variant("ours fp32"), main_default_variant("ours as main.py's defaults run here", settings)]
+                Variant("ours fp32"),
+                main_default_variant("ours as main.py's defaults run here", filters, settings, train=False)]
     group = f"UPANets{filters}"
     return [run_guarded("eval", group, v.name, lambda v=v: measure_eval(filters, v, settings), settings,
                         v.baseline) for v in variants]
@@ -475,20 +481,6 @@ def data_rows(settings: Settings) -> list[Result]:
 # ----------------------------------------------------------------------------- 4. epoch
 
 
-def write_cifar10(root: Path, n_train: int, n_test: int) -> None:
-    """Random images as <root>/cifar-10-batches-py (five train pickles, test_batch, batches.meta)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    images, labels = random_cifar(n_train + n_test)
-    files = {f"data_batch_{i}": part for i, part in enumerate(np.array_split(np.arange(n_train), 5), 1)}
-    files["test_batch"] = np.arange(n_train, n_train + n_test)
-    for name, index in files.items():
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": images[index].reshape(len(index), -1), "labels": labels[index].tolist()}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class_{i}" for i in range(NUM_CLASSES)]}, f)
-
-
 def run_process(command: list[str], settings: Settings) -> tuple[float, str]:
     """Run ``command`` from the repo root; returns (wall seconds, stdout) or raises with its last error line.
 
@@ -511,6 +503,13 @@ def epochs(settings: Settings) -> int:
     return 2 if settings.device.type == "cuda" else 1
 
 
+def last_epoch(results: Path, wall: float) -> Measured:
+    """The process's wall time, and its last epoch's time and training rate from the metrics.jsonl it wrote."""
+    with open(results / "metrics.jsonl") as f:
+        row = json.loads(f.read().splitlines()[-1])
+    return Measured(wall, f"train {row['train_images_per_second']:,.0f} img/s", row["epoch_seconds"])
+
+
 def measure_main_epoch(filters: int, data_dir: Path, settings: Settings, extra: tuple[str, ...] = ()) -> Measured:
     with tempfile.TemporaryDirectory(prefix="upanets-bench-") as tmp:
         wall, _ = run_process([sys.executable, "main.py", "--data-dir", str(data_dir),
@@ -518,22 +517,15 @@ def measure_main_epoch(filters: int, data_dir: Path, settings: Settings, extra: 
                                "--device", settings.device.type, "--amp", "auto", "--run-name", "bench",
                                "--checkpoint-dir", f"{tmp}/checkpoint", "--save-path", f"{tmp}/results", *extra],
                               settings)
-        with open(Path(tmp) / "results" / "bench" / "metrics.jsonl") as f:
-            row = json.loads(f.read().splitlines()[-1])
-    return Measured(wall, f"train {row['train_images_per_second']:,.0f} img/s", row["epoch_seconds"])
+        return last_epoch(Path(tmp) / "results" / "bench", wall)
 
 
 def measure_baseline_epoch(filters: int, data_dir: Path, settings: Settings) -> Measured:
     with tempfile.TemporaryDirectory(prefix="upanets-baseline-") as tmp:
-        wall, stdout = run_process([sys.executable, "benchmarks/baseline_train.py", "--data-dir", str(data_dir),
-                                    "--epochs", str(epochs(settings)), "--filters", str(filters),
-                                    "--device", settings.device.type,
-                                    "--save-path", tmp], settings)
-    match = EPOCH_LINE.search(stdout.strip().splitlines()[-1])
-    if match is None:
-        raise RuntimeError("baseline_train.py printed no epoch time")
-    seconds, rate = map(float, match.groups())
-    return Measured(wall, f"train {rate:,.0f} img/s", seconds)
+        wall, _ = run_process([sys.executable, "benchmarks/baseline_train.py", "--data-dir", str(data_dir),
+                               "--epochs", str(epochs(settings)), "--filters", str(filters),
+                               "--device", settings.device.type, "--save-path", tmp], settings)
+        return last_epoch(Path(tmp), wall)
 
 
 def epoch_rows(settings: Settings) -> list[Result]:
@@ -541,7 +533,7 @@ def epoch_rows(settings: Settings) -> list[Result]:
     results = []
     with tempfile.TemporaryDirectory(prefix="upanets-cifar-") as tmp:
         data_dir = Path(tmp)
-        write_cifar10(data_dir, n_train, n_test)
+        make_cifar10(data_dir, n_train, n_test)  # Python 2 pickles, as the official files
         for filters in settings.models:
             group = f"UPANets{filters}, {n_train:,}/{n_test:,} images"
             results.append(run_guarded(
@@ -561,14 +553,14 @@ def epoch_rows(settings: Settings) -> list[Result]:
 
 
 def machine_info(device: torch.device) -> dict[str, str]:
-    cpu = platform.processor() or "unknown CPU"
+    cpu = tuning.device_name(torch.device("cpu"))
     try:
         with open("/proc/cpuinfo") as f:
-            cpuinfo = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
     except (OSError, StopIteration):
-        pass
-    cpu += ", AMX" if utils.cpu_has_amx_bf16() else ", no AMX"
+        flags = []
+    # For the record only: which precision wins is measured, not inferred from these.
+    cpu += f"; {', '.join(f for f in ('avx512_bf16', 'amx_bf16') if f in flags) or 'no bf16 instructions'}"
     info = {
         "CPU": f"{cpu}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
         "torch": f"{torch.__version__} (torchvision {torchvision.__version__})",

@@ -131,7 +131,6 @@ def probe_model(model: UPANets) -> ModelInfo:
                 first_dense=dense[0],
             )
         )
-    spas = [model.spa0, model.spa1, model.spa2, model.spa3, model.spa4]
     return ModelInfo(
         filters=model.filters,
         img=model.img,
@@ -141,7 +140,7 @@ def probe_model(model: UPANets) -> ModelInfo:
         root_hidden=seen["root0"][1][0],
         stem_out=seen["emb"][1],
         stages=stage_infos,
-        spa_pixels=[spa.sp_ffc[0].in_features for spa in spas],
+        spa_pixels=[spa.sp_ffc[0].in_features for spa in model.spas],
         head_features=seen["bn"][0][0],
         logits=seen["linear"][1][0],
     )

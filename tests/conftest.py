@@ -2,14 +2,18 @@
 
 Every child process gets OMP_NUM_THREADS=1: on small machines several torch processes with more threads
 each (or one next to a busy pytest) spin against each other and slow down by orders of magnitude.
-The suite's own in-process torch work is limited to one thread for the same reason.
+The suite's own in-process torch work is limited to one thread for the same reason. Children keep their
+speed cache (tuning.py) in a folder of this test session, never in the user's ~/.cache.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +26,9 @@ REPO_ROOT = TESTS_DIR.parent
 MAIN = REPO_ROOT / "main.py"
 
 torch.set_num_threads(1)
+CACHE_HOME = tempfile.mkdtemp(prefix="upanets-test-cache-")
+atexit.register(shutil.rmtree, CACHE_HOME, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = CACHE_HOME  # for in-process runs too; children inherit it
 
 # Variables that would turn a plain `python main.py` into one rank of a torchrun job, or make it multi-threaded.
 _SCRUBBED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -78,11 +85,12 @@ def popen_cli():
 
 
 def tiny_flags(tmp_path: Path, **overrides) -> list[str]:
-    """Flags for a fast run whose outputs stay in tmp_path: --filters 4, one epoch, batch 8, no progress bars.
+    """Flags for a fast run whose outputs stay in tmp_path: --filters 4, one epoch, batch 8, no progress bars,
+    fp32 (--amp off: metrics recomputed in fp32 must match the run's to 1e-4, whichever precision is fastest).
 
     Keyword overrides replace a flag's value (epochs=2 -> --epochs 2); a value of None drops the flag.
     """
-    flags = {"filters": 4, "epochs": 1, "batch-size": 8, "workers": 0,
+    flags = {"filters": 4, "epochs": 1, "batch-size": 8, "workers": 0, "amp": "off",
              "checkpoint-dir": tmp_path / "checkpoint", "save-path": tmp_path / "results"}
     flags.update({k.replace("_", "-"): v for k, v in overrides.items()})
     out = ["--no-progress"]

@@ -58,6 +58,19 @@ def check_startup(stdout: str, *, dataset: str, n_train: int, n_test: int, class
     assert gflops > 0
 
 
+def check_speed_choice(stdout: str, checkpoint: Path) -> None:
+    """--amp off with --channels-last unset: both layouts timed, the faster one used, printed and saved."""
+    speed = startup_line(stdout, "speed:")
+    choice = load_ckpt(checkpoint)["speed_choice"]
+    rates = choice["rates"]
+    assert set(rates) == {"fp32", "fp32 + channels_last"} and all(rate > 0 for rate in rates.values())
+    assert choice["amp"] == "fp32" and choice["source"] == "measured"
+    winner = max(rates, key=rates.__getitem__)
+    assert choice["channels_last"] == (winner == "fp32 + channels_last")
+    assert speed.startswith(f"speed: {winner} (measured now; images/s: ")
+    assert f"(amp=fp32, channels_last={choice['channels_last']}, " in startup_line(stdout, "training ")
+
+
 def load_ckpt(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and Python values only
 
@@ -91,6 +104,7 @@ def check_run_outputs(tmp_path: Path, run: str, *, epochs: int, lr: float, class
         im.verify()
 
     args = json.loads((res_dir / "args.json").read_text())
+    speed_choice = args.pop("speed_choice")  # beside the flags: what they resolved to
     assert (args["epochs"], args["lr"], args["filters"], args["run_name"]) == (epochs, lr, filters, run)
 
     last, best = load_ckpt(ckpt_dir / "last.pth"), load_ckpt(ckpt_dir / "best.pth")
@@ -100,6 +114,7 @@ def check_run_outputs(tmp_path: Path, run: str, *, epochs: int, lr: float, class
         assert ckpt["epoch"] == epoch and ckpt["best_acc"] == rows[epoch - 1]["best_acc"]
         assert ckpt["epoch_state"] is None  # a finished epoch, not a mid-epoch stop
         assert type(ckpt["args"]) is dict and ckpt["args"] == {**args, "epochs": epochs}
+        assert ckpt["speed_choice"] == speed_choice
         assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
         keys = list(ckpt["model"])
         assert not any(k.startswith(("module.", "_orig_mod.")) for k in keys)
@@ -150,7 +165,7 @@ def test_cifar10_python2_pickles_end_to_end(cifar_run):
     root, fake, result = cifar_run
     assert_success(result)
     check_startup(result.stdout, dataset="cifar10", n_train=40, n_test=20, classes=10, img=32)
-    assert "channels_last=True" in startup_line(result.stdout, "training ")  # the CPU default
+    check_speed_choice(result.stdout, root / "checkpoint" / "cifar10-upanets4" / "last.pth")
     rows = check_run_outputs(root, "cifar10-upanets4", epochs=2, lr=0.05, classes=10, img=32)
     check_test_metrics_match(root, "cifar10-upanets4", rows, fake, CIFAR10_MEAN, CIFAR10_STD, classes=10, img=32)
     assert startup_line(result.stdout, "done:") == (
@@ -287,7 +302,7 @@ def test_evaluate_original_checkpoint(tmp_path, run_cli):
     fake = make_cifar10(tmp_path / "data", n_train=5, n_test=30, seed=4)
     result = run_cli(["--evaluate", "--weights", ORIGINAL_CKPT, "--dataset", "cifar10", "--data-dir",
                       tmp_path / "data", "--no-download", "--filters", "8", "--batch-size", "8", "--workers", "0",
-                      "--no-progress"], cwd=tmp_path)
+                      "--amp", "off", "--no-progress"], cwd=tmp_path)
     assert_success(result)
     loss, top1, top5, images = _printed_eval(result.stdout, ORIGINAL_CKPT)
     # the original code's own CIFAR normalisation, which its checkpoints were trained with

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-import utils
+import checkpointing
 from conftest import REPO_ROOT, child_env, one_line_error, read_metrics, run_main, tiny_flags
 from fakedata import make_cifar10, make_cifar100, make_image_folder, write_cifar_pickle
 
@@ -177,18 +177,30 @@ _BIG_WRITER = """
 import sys
 import torch
 sys.path.insert(0, {repo!r})
-import utils
+import checkpointing
 state = {{"model": {{"big": torch.ones(75_000_000)}}, "epoch": 2}}  # 300 MB
 print("writing", flush=True)
-utils.save_checkpoint(state, sys.argv[1])
+checkpointing.save_checkpoint(state, sys.argv[1])
 print("written", flush=True)
 """
+
+
+def _growing_file(path: Path, previous_size: int) -> Path | None:
+    """A file that a writer of `path` is filling: a temp file beside it or `path` itself (a writer that is not
+    atomic), once past the previous file's size and 1 MB."""
+    for candidate in (*path.parent.glob(f".{path.name}.*.tmp"), path):
+        try:
+            if candidate.stat().st_size > max(previous_size, 1_000_000):
+                return candidate
+        except FileNotFoundError:  # renamed or removed since it was listed
+            pass
+    return None
 
 
 def test_sigkill_while_saving_leaves_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "run" / "last.pth"
     previous = {"model": {"w": torch.arange(10.0)}, "epoch": 1}
-    utils.save_checkpoint(previous, path)
+    checkpointing.save_checkpoint(previous, path)
     before = path.read_bytes()
     script = tmp_path / "writer.py"
     script.write_text(_BIG_WRITER.format(repo=str(REPO_ROOT)))
@@ -196,11 +208,10 @@ def test_sigkill_while_saving_leaves_previous_checkpoint_intact(tmp_path):
                             text=True)
     try:
         deadline, partial = time.monotonic() + 60, None
+        # Any partial write counts, so that a writer that is not atomic is killed mid-write too and fails below.
         while partial is None and time.monotonic() < deadline and proc.poll() is None:
-            temps = list(path.parent.glob(".last.pth.*.tmp"))
-            if temps and temps[0].stat().st_size > 1_000_000:
-                partial = temps[0]
-            else:
+            partial = _growing_file(path, len(before))
+            if partial is None:
                 time.sleep(0.002)
         assert partial is not None and proc.poll() is None, "the writer finished before it could be killed"
         proc.kill()  # SIGKILL: no handler, no cleanup
@@ -211,12 +222,14 @@ def test_sigkill_while_saving_leaves_previous_checkpoint_intact(tmp_path):
             proc.kill()
         proc.wait()
         proc.stdout.close()
-    assert "written" not in written
-    assert path.read_bytes() == before  # the previous checkpoint is untouched...
-    loaded = utils.load_checkpoint(path)  # ...and loads
-    assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], previous["model"]["w"])
-    assert partial.stat().st_size < 300_000_000  # the kill landed mid-write
-    partial.unlink()  # a dot-file left by the killed writer; remove its hundreds of MB
+    try:
+        assert "written" not in written
+        assert path.read_bytes() == before  # the previous checkpoint is untouched...
+        loaded = checkpointing.load_checkpoint(path)  # ...and loads
+        assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], previous["model"]["w"])
+        assert partial.stat().st_size < 300_000_000  # the kill landed mid-write
+    finally:
+        partial.unlink()  # hundreds of MB left by the killed writer (in a dot-file, unless it wrote over the target)
 
 
 # ---------------------------------------------------------------------------------- non-finite loss
@@ -437,7 +450,9 @@ def test_bad_data_is_rejected_and_existing_checkpoint_kept(kind, good_run, tmp_p
         "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file"])
 def test_bad_flags_are_rejected_before_any_work(flags, message, tmp_path, run_cli):
     started = time.monotonic()
-    result = run_cli(flags, cwd=tmp_path)  # default data dir ./data and --download: work would create files
+    # --no-download: were a check missing, the run would stop at once on the missing ./data (another error
+    # message) rather than try the network
+    result = run_cli([*flags, "--no-download"], cwd=tmp_path)
     assert one_line_error(result) == message
     assert_nothing_started(result, tmp_path)
     assert time.monotonic() - started < 30

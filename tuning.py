@@ -1,0 +1,277 @@
+"""The fastest precision and memory layout on the machine at hand, found by timing the run's own step.
+
+As ``torch.backends.cudnn.benchmark`` does for kernels, ``--amp auto`` and an unset ``--channels-last``
+are decided by timing a few steps of the model being trained, at the run's batch size and thread count,
+for each candidate: fp32, and bf16 where the device has it (fp16 with grad scaling on GPUs without bf16),
+each in NCHW and in channels_last. Which one wins differs between machines of the same kind (bf16 ran
+2.2x faster than fp32 on one 2-core AMD EPYC, slower on an Intel Xeon without AMX), so nothing is
+guessed from CPU flags. Results are cached per machine in ``$XDG_CACHE_HOME/upanets/speed.json``
+(default ``~/.cache``): only the first run with a given model, batch size and thread count pays.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import data
+import engine
+import utils
+from models.upanets import UPANets
+from utils import DistributedContext, TrainingError
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CACHE_VERSION = 1
+# Each candidate first runs untimed steps (kernel selection, allocator and thread-pool warm-up). Then
+# ROUNDS rounds time every candidate in turn, each for at least MIN_TIMED_SECONDS (at least one step, at
+# most MAX_TIMED_STEPS), and a candidate's rate is its best round: another process that steals the CPU
+# for a moment slows one round of one candidate, not all of its rounds. Candidates below KEEP_FRACTION
+# of the best rate after a round are not timed again. One UPANets16 step at batch 100 takes about half
+# a second on a 2-core CPU, so probing four candidates there takes a few seconds.
+WARMUP_STEPS = {"cpu": 1, "cuda": 3}
+ROUNDS = 2
+MIN_TIMED_SECONDS = 0.25
+MAX_TIMED_STEPS = 20
+KEEP_FRACTION = 0.75
+
+
+@dataclass(frozen=True)
+class SpeedChoice:
+    """The precision (``amp``: fp32, bf16 or fp16) and memory layout a run uses, and how they were chosen."""
+
+    amp: str
+    channels_last: bool
+    source: str = "flags"  # flags, measured, cache or checkpoint
+    rates: dict[str, float] = field(default_factory=dict)  # images/s per candidate label, when measured
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.amp]
+
+    @property
+    def label(self) -> str:
+        return label(self.amp, self.channels_last)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"amp": self.amp, "channels_last": self.channels_last, "source": self.source, "rates": self.rates}
+
+    def describe(self) -> str:
+        """One line for the start-up output: the choice, how it was made, and the rates behind it."""
+        how = {"flags": "set by --amp and --channels-last", "measured": "measured now",
+               "cache": f"measured earlier, cached in {cache_path()}",
+               "checkpoint": "as the checkpoint was trained"}[self.source]
+        rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in self.rates.items())
+        return f"speed: {self.label} ({how}" + (f"; images/s: {rates})" if rates else ")")
+
+
+def label(amp: str, channels_last: bool) -> str:
+    return f"{amp} + channels_last" if channels_last else amp
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def amp_candidates(flag: str, device: torch.device) -> list[str]:
+    """The precisions ``--amp flag`` allows on ``device``: all it supports for ``auto``, else the one named."""
+    if flag == "off":
+        return ["fp32"]
+    if device.type == "cuda":
+        # Native bf16 needs compute capability 8.0 (Ampere); older GPUs only emulate it, slowly.
+        bf16_ok = torch.cuda.get_device_capability(device) >= (8, 0)
+        if flag == "bf16" and not bf16_ok:
+            raise TrainingError("--amp bf16: this GPU has no bf16 support; use --amp fp16 or off")
+        return ["fp32", "bf16" if bf16_ok else "fp16"] if flag == "auto" else [flag]
+    if device.type == "cpu":
+        if flag == "fp16":
+            raise TrainingError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
+        return ["fp32", "bf16"] if flag == "auto" else [flag]
+    if flag == "auto":
+        return ["fp32"]
+    raise TrainingError(f"--amp {flag} is supported on cuda and cpu, not {device.type}")
+
+
+def candidates(amp_flag: str, channels_last_flag: bool | None, device: torch.device) -> list[tuple[str, bool]]:
+    layouts = [False, True] if channels_last_flag is None else [channels_last_flag]
+    return [(amp, layout) for amp in amp_candidates(amp_flag, device) for layout in layouts]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name, which keys the cache."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def time_steps(step: Callable[[], None], device: torch.device, batch_size: int) -> float:
+    """Images/s of ``step`` over at least MIN_TIMED_SECONDS."""
+    _synchronize(device)
+    steps, started = 0, time.perf_counter()
+    while True:
+        step()
+        steps += 1
+        _synchronize(device)
+        elapsed = time.perf_counter() - started
+        if elapsed >= MIN_TIMED_SECONDS or steps >= MAX_TIMED_STEPS:
+            return steps * batch_size / elapsed
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.device, batch_size: int,
+               train: bool) -> Callable[[], None]:
+    """The run's step (engine.train_step or engine.eval_step) on a copy of ``model`` and a random uint8 batch.
+
+    Nothing here draws from the global RNGs, so a run gives the same results whether it measured or not.
+    """
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, model.img, model.img), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, model.num_classes, (batch_size,), generator=generator)
+    images, labels = images.to(device), labels.to(device)
+    net = copy.deepcopy(model).to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    runtime = engine.Runtime(device, amp_dtype=AMP_DTYPES[amp], channels_last=channels_last)
+    criterion = nn.CrossEntropyLoss()
+    normalize = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device=device)
+    if not train:
+        transform = data.DeviceTransform(**normalize)
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        net.eval()
+
+        @torch.inference_mode()
+        def step() -> None:
+            engine.eval_step(net, criterion, images, labels, transform, sums, runtime)
+
+        return step
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    augment = data.DeviceTransform(**normalize, pad=model.img // 8, flip=True)
+    trainer = engine.Trainer(net.train(), criterion, optimizer, scaler, augment)
+    state = engine.EpochState.zeros(device)
+    return lambda: engine.train_step(trainer, images, labels, state, runtime)
+
+
+def measure(model: UPANets, options: list[tuple[str, bool]], device: torch.device, batch_size: int,
+            train: bool) -> dict[str, float]:
+    """Images/s of each (precision, channels_last) option, in the order given."""
+    steps = {label(*option): probe_step(model, *option, device, batch_size, train) for option in options}
+    for step in steps.values():
+        for _ in range(WARMUP_STEPS.get(device.type, 1)):
+            step()
+    rates: dict[str, float] = {}
+    for round_ in range(ROUNDS):
+        for name, step in steps.items():
+            if round_ and rates[name] < KEEP_FRACTION * max(rates.values()):
+                continue
+            rates[name] = max(rates.get(name, 0.0), time_steps(step, device, batch_size))
+    del steps
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rates
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "upanets" / "speed.json"
+
+
+def cache_key(model: UPANets, device: torch.device, batch_size: int, train: bool) -> str:
+    return json.dumps({"device": device_name(device), "torch": torch.__version__, "step": "train" if train else "eval",
+                       "model": [model.filters, model.num_classes, model.blocks, model.img],
+                       "batch_size": batch_size, "threads": torch.get_num_threads()}, sort_keys=True)
+
+
+def read_cache() -> dict[str, dict[str, float]]:
+    """The cached rates by key; an unreadable, corrupt or other-version cache reads as empty."""
+    try:
+        with open(cache_path()) as f:
+            cache = json.load(f)
+        entries = cache["entries"] if cache["version"] == CACHE_VERSION else {}
+        return {key: {name: float(rate) for name, rate in rates.items()} for key, rates in entries.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def write_cache(entries: dict[str, dict[str, float]]) -> None:
+    """Replace the cache file; a cache that cannot be written is only a lost shortcut, never an error."""
+    try:
+        with utils.atomic_write(cache_path(), "w") as f:
+            json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
+    except (OSError, RuntimeError) as e:
+        warnings.warn(f"cannot write the speed cache {cache_path()} ({utils.one_line(e)}); the next run will "
+                      "measure again", stacklevel=2)
+
+
+# ----------------------------------------------------------------------------- choosing
+
+
+def choose(model: UPANets, *, amp_flag: str, channels_last_flag: bool | None, device: torch.device,
+           batch_size: int, train: bool, context: DistributedContext,
+           stored: dict[str, Any] | None = None) -> SpeedChoice:
+    """The fastest of the options the flags leave open, the same on every rank.
+
+    Flags that fix both precision and layout are used as given. Otherwise ``stored`` (a checkpoint's
+    choice) is kept when the flags allow it, so a resumed run continues as it started; then the cache;
+    then rank 0 measures and the others receive its choice.
+    """
+    options = candidates(amp_flag, channels_last_flag, device)
+    if len(options) == 1:
+        return SpeedChoice(*options[0])
+    if stored is not None and (stored.get("amp"), stored.get("channels_last")) in options:
+        return SpeedChoice(stored["amp"], stored["channels_last"], "checkpoint", stored.get("rates", {}))
+    choice = None
+    if context.is_main:
+        choice = _measure_or_recall(model, options, device, batch_size, train)
+    return _broadcast(choice, options, context)
+
+
+def _measure_or_recall(model: UPANets, options: list[tuple[str, bool]], device: torch.device, batch_size: int,
+                       train: bool) -> SpeedChoice:
+    entries = read_cache()
+    key = cache_key(model, device, batch_size, train)
+    rates = entries.get(key, {})
+    missing = [option for option in options if label(*option) not in rates]
+    if missing:
+        rates = {**rates, **measure(model, missing, device, batch_size, train)}
+        write_cache({**read_cache(), key: rates})
+    allowed = {label(*option): option for option in options}
+    shown = {name: rate for name, rate in rates.items() if name in allowed}
+    best = max(shown, key=shown.__getitem__)
+    return SpeedChoice(*allowed[best], "measured" if missing else "cache", shown)
+
+
+def _broadcast(choice: SpeedChoice | None, options: list[tuple[str, bool]],
+               context: DistributedContext) -> SpeedChoice:
+    """Rank 0's choice on every rank: all ranks must run the same precision."""
+    if not context.enabled:
+        return choice
+    holder = [choice]
+    dist.broadcast_object_list(holder, src=0)
+    received = holder[0]
+    if (received.amp, received.channels_last) not in options:  # the ranks were given different flags
+        raise TrainingError(f"rank 0 chose {received.label}, which this rank's flags do not allow")
+    return received
