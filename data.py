@@ -538,11 +538,14 @@ class DeviceLoader:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-def random_crop_flip(images: Tensor, pad: int, generator: torch.Generator | None = None, flip: bool = True) -> Tensor:
+def random_crop_flip(images: Tensor, pad: int, generator: torch.Generator | None = None, flip: bool = True, *,
+                     sync_free: bool | None = None) -> Tensor:
     """Per-sample RandomCrop(size, padding=pad) + RandomHorizontalFlip(0.5) of a uint8 batch, as batched ops.
 
     Offsets are uniform in [0, 2 * pad] like torchvision's; padding is zeros in uint8 (black, as torchvision pads
     the PIL image), so after normalisation padded pixels equal -mean/std.
+    sync_free: flip with torch.where, which never waits for the device, instead of a boolean-mask index, which is
+    faster on the CPU; None means "when the batch is not on the CPU". Both give the same output for one generator.
     """
     b, c, h, w = images.shape
     dev = images.device
@@ -555,7 +558,9 @@ def random_crop_flip(images: Tensor, pad: int, generator: torch.Generator | None
     if not flip:
         return crops
     flipped = torch.rand((b,), device=dev, generator=generator) < 0.5
-    if dev.type == "cpu":  # flipping only the chosen half is fastest here ...
+    if sync_free is None:
+        sync_free = dev.type != "cpu"
+    if not sync_free:  # flipping only the chosen half is fastest on the CPU ...
         crops[flipped] = crops[flipped].flip(3)
         return crops
     # ... but a boolean-mask index waits for the GPU to size its result; torch.where never syncs.

@@ -121,7 +121,8 @@ def make_tiny_imagenet(root: str | Path, n_classes: int = 3, per_class: int = 2,
                        seed: int = 0) -> FakeData:
     """<root>/tiny-imagenet-200/ with wnids.txt (unsorted, as the real one), train/<wnid>/images/*.JPEG,
     val/images/*.JPEG and val/val_annotations.txt; every third image is grayscale, as some real ones are.
-    Labels index the sorted wnids; val images are in annotation order."""
+    Labels index the sorted wnids; val images are in annotation order, which lists the files shuffled (neither
+    sorted by name nor by number), so only a loader that follows val_annotations.txt gets their labels right."""
     rng = np.random.default_rng(seed)
     base = Path(root) / "tiny-imagenet-200"
     wnids = [f"n{9_000_000 - 1000 * i:08d}" for i in range(n_classes)]  # descending: file order != sorted order
@@ -138,11 +139,13 @@ def make_tiny_imagenet(root: str | Path, n_classes: int = 3, per_class: int = 2,
             train_y.append(classes.index(wnid))
     (base / "val" / "images").mkdir(parents=True)
     val_x, val_y, lines = [], [], []
-    for j in range(n_val):
+    numbers = np.random.default_rng([seed, 1]).permutation(n_val)  # the j-th annotation line names val_<numbers[j]>
+    for j, number in enumerate(numbers):
         label = int(rng.integers(0, n_classes)) if j else n_classes - 1  # never all 0
-        val_x.append(_write_image(base / "val" / "images" / f"val_{j}.JPEG", rng, (64, 64), grayscale=j % 3 == 2))
+        file = f"val_{number}.JPEG"
+        val_x.append(_write_image(base / "val" / "images" / file, rng, (64, 64), grayscale=j % 3 == 2))
         val_y.append(label)
-        lines.append(f"val_{j}.JPEG\t{classes[label]}\t0\t0\t63\t63\n")
+        lines.append(f"{file}\t{classes[label]}\t0\t0\t63\t63\n")
     (base / "val" / "val_annotations.txt").write_text("".join(lines))
     return FakeData(np.stack(train_x), np.array(train_y), np.stack(val_x), np.array(val_y), classes)
 

@@ -131,7 +131,11 @@ def test_cifar_rejects_other_image_sizes_and_unknown_names(tmp_path):
 
 
 def test_tiny_imagenet_labels_pixels_and_stats(tmp_path):
-    fake = make_tiny_imagenet(tmp_path, n_classes=3, per_class=3, n_val=7)
+    fake = make_tiny_imagenet(tmp_path, n_classes=3, per_class=3, n_val=13)
+    # The annotations list the files in neither name nor number order: a loader must follow them, not sort.
+    listed = [line.split("\t")[0] for line in
+              (tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt").read_text().splitlines()]
+    assert listed != sorted(listed) and listed != sorted(listed, key=lambda name: int(name[4:-5]))
     bundle = load_data("tiny_imgnet", tmp_path, workers=0)
     assert isinstance(bundle.train, ImageDataset)
     assert bundle.classes == fake.classes == sorted(fake.classes)
@@ -337,6 +341,30 @@ def test_random_crop_flip_gives_true_windows_with_torchvision_distribution():
     assert 0.46 < found[:, 2].float().mean() < 0.54
     assert not data.random_crop_flip(images, 2, flip=False).eq(0).all((1, 2, 3)).any()  # no all-padding crops
     assert (_match_windows(images, data.random_crop_flip(images, 2, flip=False), 2)[:, 2] == 0).all()
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_random_crop_flip_flips_horizontally_at_half_the_rate(sync_free):
+    """Both flip paths (the CPU's boolean-mask index and the branch-free torch.where used on GPUs) mirror a sample's
+    crop left-right (flip(3)) or leave it, about half the time each; never upside down."""
+    images = torch.randint(0, 256, (2000, 3, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    crops = data.random_crop_flip(images, 2, torch.Generator().manual_seed(3), flip=False)  # same offsets drawn first
+    out = data.random_crop_flip(images, 2, torch.Generator().manual_seed(3), sync_free=sync_free)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    same, mirrored = (out == crops).all((1, 2, 3)), (out == crops.flip(3)).all((1, 2, 3))
+    assert not (same & mirrored).any()  # random crops are never symmetric, so the two cases are distinct
+    assert (same | mirrored).all(), f"{(~(same | mirrored)).sum()} samples are neither the crop nor its mirror"
+    assert 0.46 < mirrored.float().mean() < 0.54
+
+
+def test_random_crop_flip_paths_agree():
+    """The branch-free path gives the very batch of the CPU's default path for the same generator state."""
+    images = torch.randint(0, 256, (500, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    default = data.random_crop_flip(images, 3, torch.Generator().manual_seed(7))
+    masked = data.random_crop_flip(images, 3, torch.Generator().manual_seed(7), sync_free=False)
+    where = data.random_crop_flip(images, 3, torch.Generator().manual_seed(7), sync_free=True)
+    assert torch.equal(default, masked) and torch.equal(default, where)
+    assert not torch.equal(default, data.random_crop_flip(images, 3, torch.Generator().manual_seed(8)))
 
 
 def test_transform_pads_with_black_before_normalising():

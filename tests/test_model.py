@@ -103,17 +103,41 @@ def ref_model(reference) -> UPANets:
 # --------------------------------------------------------------------------------------
 
 
-def test_layout_file_has_the_six_configs():
-    assert sorted(LAYOUTS) == sorted(
-        [
-            "filters16_classes10_blocks1_img32",
-            "filters16_classes100_blocks1_img32",
-            "filters32_classes10_blocks1_img32",
-            "filters64_classes10_blocks1_img32",
-            "filters16_classes200_blocks1_img64",
-            "filters16_classes10_blocks2_img32",
-        ]
-    )
+def _params_and_gflops(filters: int, num_classes: int, img: int) -> tuple[int, float]:
+    """Parameters and GFLOPs of one eval-mode forward pass of one image, counted by torch.utils.flop_counter as
+    main.py counts them (a multiply-add is 2 FLOPs); on the meta device, where nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = UPANets(filters, num_classes, 1, img).eval()
+        x = torch.zeros(1, 3, img, img)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9
+
+
+def test_readme_model_table_matches_the_models():
+    """The README's table of parameters and GFLOPs ("## The model") is what the models give: parameter counts
+    exactly, GFLOPs to the printed precision (the 32x32 figure serves CIFAR-10 and CIFAR-100)."""
+    section = (REPO_ROOT / "README.md").read_text().split("\n## The model\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("|")]
+    header, table = rows[0], {row[0]: dict(zip(rows[0], row)) for row in rows[2:]}
+    assert header[1:] == ["params (CIFAR-10)", "params (CIFAR-100)", "GFLOPs / image, 32x32",
+                          "params (Tiny ImageNet)", "GFLOPs / image, 64x64"], header
+    assert sorted(table) == ["UPANets16", "UPANets32", "UPANets64"]
+    wrong = []
+    for name, row in table.items():
+        filters = int(name.removeprefix("UPANets"))
+        (p10, f10), (p100, f100), (p200, f200) = (_params_and_gflops(filters, classes, img)
+                                                  for classes, img in ((10, 32), (100, 32), (200, 64)))
+        checks = [("params (CIFAR-10)", [f"{p10:,}"]), ("params (CIFAR-100)", [f"{p100:,}"]),
+                  ("GFLOPs / image, 32x32", [f"{f10:.3f}", f"{f100:.3f}"]),
+                  ("params (Tiny ImageNet)", [f"{p200:,}"]), ("GFLOPs / image, 64x64", [f"{f200:.3f}"])]
+        wrong += [f"{name} {column}: README {row[column]}, model {' or '.join(values)}"
+                  for column, values in checks if row[column] not in values]
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
