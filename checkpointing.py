@@ -13,7 +13,11 @@ A checkpoint is a dict of tensors and plain Python values, so it loads with
     world_size   processes that trained it
     args         the run's flags (JSON-able)
     rng          Python, NumPy, torch and CUDA RNG states
+    model_config the UPANets arguments: filters, num_classes, blocks, img
+    data         the data set's name, class names (index order), and the normalisation mean and std
     speed_choice the precision and memory layout it trained with, and how they were chosen (tuning.SpeedChoice)
+
+The last three are also in the run's args.json; checkpoints written before they existed lack them.
 
 The original code's ``{'net', 'acc', 'epoch'}`` files hold weights only; :func:`load_model_weights`
 reads them too.

@@ -269,6 +269,18 @@ def build_trainer(args: argparse.Namespace, run: Run) -> tuple[Trainer, torch.op
     return Trainer(run.model, run.criterion, optimizer, scaler, augment), scheduler
 
 
+def run_metadata(run: Run) -> dict[str, Any]:
+    """What using the model needs besides its weights, and how it was trained: in args.json and every checkpoint."""
+    model, bundle = run.model, run.bundle
+    return {
+        "model_config": {"filters": model.filters, "num_classes": model.num_classes, "blocks": model.blocks,
+                         "img": model.img},
+        "data": {"dataset": bundle.name, "classes": list(bundle.classes), "mean": list(bundle.mean),
+                 "std": list(bundle.std)},
+        "speed_choice": run.speed.to_dict(),
+    }
+
+
 def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopRequest,
           checkpoint: dict[str, Any] | None) -> nn.Module:
     """Resume from ``checkpoint`` or start, then train the epochs, evaluating and saving after each.
@@ -277,7 +289,7 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
     """
     runtime, context, model = run.runtime, run.runtime.context, run.model
     trainer, scheduler = build_trainer(args, run)
-    metadata = {"speed_choice": run.speed.to_dict()}
+    metadata = run_metadata(run)
     checkpointer = Checkpointer(folders.checkpoints, model, trainer, scheduler, args, runtime, metadata)
     start = ResumePoint()
     if checkpoint is not None:

@@ -104,8 +104,10 @@ def check_run_outputs(tmp_path: Path, run: str, *, epochs: int, lr: float, class
         im.verify()
 
     args = json.loads((res_dir / "args.json").read_text())
-    speed_choice = args.pop("speed_choice")  # beside the flags: what they resolved to
+    metadata = {key: args.pop(key) for key in ("model_config", "data", "speed_choice")}  # beside the flags
     assert (args["epochs"], args["lr"], args["filters"], args["run_name"]) == (epochs, lr, filters, run)
+    assert metadata["model_config"] == {"filters": filters, "num_classes": classes, "blocks": 1, "img": img}
+    assert len(metadata["data"]["classes"]) == classes and len(metadata["data"]["mean"]) == 3
 
     last, best = load_ckpt(ckpt_dir / "last.pth"), load_ckpt(ckpt_dir / "best.pth")
     best_epoch = 1 + max(range(epochs), key=lambda i: (rows[i]["test_acc"], -i))  # the first epoch at the best
@@ -114,7 +116,7 @@ def check_run_outputs(tmp_path: Path, run: str, *, epochs: int, lr: float, class
         assert ckpt["epoch"] == epoch and ckpt["best_acc"] == rows[epoch - 1]["best_acc"]
         assert ckpt["epoch_state"] is None  # a finished epoch, not a mid-epoch stop
         assert type(ckpt["args"]) is dict and ckpt["args"] == {**args, "epochs": epochs}
-        assert ckpt["speed_choice"] == speed_choice
+        assert {key: ckpt[key] for key in metadata} == metadata
         assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
         keys = list(ckpt["model"])
         assert not any(k.startswith(("module.", "_orig_mod.")) for k in keys)
@@ -146,6 +148,10 @@ def check_test_metrics_match(tmp_path: Path, run: str, rows: list[dict], fake, m
                                       mean, std, filters=4, classes=classes, img=img)
     assert rows[-1]["test_loss"] == pytest.approx(expected["loss"], rel=1e-4)
     assert rows[-1]["test_acc"] == pytest.approx(expected["acc1"], abs=1e-9)
+    saved = load_ckpt(tmp_path / "checkpoint" / run / "last.pth")["data"]  # what inference will normalise with
+    assert saved["mean"] == pytest.approx(list(mean), abs=1e-12) and saved["std"] == pytest.approx(list(std), abs=1e-12)
+    if hasattr(fake, "classes"):
+        assert saved["classes"] == list(fake.classes)
 
 
 # ------------------------------------------------------------------------------ a shared reference run
