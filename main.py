@@ -175,6 +175,15 @@ class RunFolders:
             raise TrainingError(f"--resume {args.resume}: no checkpoint at {path}")
         return cls(checkpoints, results, path)
 
+    def create(self) -> None:
+        """Make both folders, so that one that cannot be made fails now rather than after an epoch."""
+        for folder, flag in ((self.checkpoints, "--checkpoint-dir"), (self.results, "--save-path")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise TrainingError(f"cannot create {folder} ({e.strerror or utils.one_line(e)}); "
+                                    f"choose another {flag}") from None
+
 
 @dataclass
 class Run:
@@ -388,6 +397,8 @@ def main(args: argparse.Namespace) -> nn.Module:
         # Read before the data: a bad file fails at once, and its precision and layout carry over.
         source = args.weights if args.evaluate else folders.resume
         checkpoint = None if source is None else load_checkpoint(source)
+        if folders is not None and context.is_main:
+            folders.create()
         run = set_up(args, context, checkpoint)
         if args.evaluate:
             evaluate_weights(args, run, checkpoint)
