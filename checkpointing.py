@@ -13,31 +13,35 @@ A checkpoint is a dict of tensors and plain Python values, so it loads with
     world_size   processes that trained it
     args         the run's flags (JSON-able)
     rng          Python, NumPy, torch and CUDA RNG states
-    model_config the UPANets arguments: filters, num_classes, blocks, img
+    model_config the UPANets arguments: filters, num_classes, blocks, img, head (``UPANets(**model_config)``;
+                 checkpoints written before heads existed lack head, which was "exc")
     data         the data set's name, class names (index order), and the normalisation mean and std
     speed_choice the precision and memory layout it trained with, and how they were chosen (tuning.SpeedChoice)
 
 The last three are also in the run's args.json; checkpoints written before they existed lack them.
 
 The original code's ``{'net', 'acc', 'epoch'}`` files hold weights only; :func:`load_model_weights`
-reads them too.
+reads them too. :func:`inference_spec` turns any of these files into what predict.py and export.py need.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+import data
 import utils
 from engine import EpochState, Runtime, Trainer
-from models.upanets import describe_state_dict, extract_state_dict
+from models.upanets import UPANets, config_repr, describe_state_dict, extract_state_dict
 from utils import TrainingError
 
 LAST = "last.pth"
@@ -45,9 +49,15 @@ BEST = "best.pth"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`utils.atomic_write`: a process killed mid-write leaves the previous file intact."""
+    """``torch.save`` through :func:`utils.atomic_write`: a process killed mid-write leaves the previous file intact.
+
+    The checkpoint is serialised in memory first: torch's file writer reports a full disk as a RuntimeError
+    ("unexpected pos"), while a plain write raises the OSError that names the disk's problem and the path.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with utils.atomic_write(path) as f:
-        torch.save(state, f)
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -93,14 +103,19 @@ def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], source: Pat
     try:
         model.load_state_dict(state_dict)
     except RuntimeError:
-        expected = f"UPANets(filters={model.filters}, num_classes={model.num_classes}, blocks={model.blocks}, img={model.img})"
+        expected = model.config
         try:
             found = describe_state_dict(state_dict)
         except ValueError:
-            raise TrainingError(f"{source} does not hold UPANets weights (expected {expected})") from None
+            raise TrainingError(f"{source} does not hold UPANets weights (expected {config_repr(expected)})") from None
+        remedies = []
+        if any(expected[key] != value for key, value in found.items() if key != "head"):
+            remedies.append("match --filters/--blocks/--dataset to the checkpoint")
+        if found["head"] != expected["head"]:
+            remedies.append(f"pass --head {found['head']}")
         raise TrainingError(
-            f"{source} holds UPANets({', '.join(f'{k}={v}' for k, v in found.items())}) "
-            f"but this run builds {expected}; match --filters/--blocks/--dataset to the checkpoint"
+            f"{source} holds {config_repr(found)} but this run builds {config_repr(expected)}; "
+            f"{' and '.join(remedies) or 'the file is damaged'}"
         ) from None
 
 
@@ -191,3 +206,119 @@ class Checkpointer:
         single process on the same kind of device reproduces; otherwise that epoch starts again."""
         same = all(saved[key] == value for key, value in self._replay_key().items())
         return same and self.runtime.context.world_size == 1 == world_size
+
+
+# ----------------------------------------------------------------------------- inference
+
+# What the original code trained, by (classes, image size): its checkpoints hold nothing else to go by.
+_ORIGINAL_CODE_DATASETS = {(10, 32): "cifar10", (100, 32): "cifar100", (200, 64): "tiny-imagenet"}
+
+
+@dataclass
+class InferenceSpec:
+    """What running a trained model needs: the model, its class names in output order and its input normalisation.
+
+    ``model`` is on the CPU in eval mode with the weights loaded strictly; it takes (N, 3, img_size, img_size)
+    float batches of ``(pixels / 255 - mean) / std``. ``mean``/``std`` are None when nothing says what they were
+    (see :meth:`normalization`). ``warnings`` name the guesses made for what the checkpoint does not say.
+    """
+
+    source: Path
+    model: UPANets
+    classes: list[str]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def img_size(self) -> int:
+        return self.model.img
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std), or a TrainingError saying what to pass when the checkpoint does not say."""
+        if self.mean is None or self.std is None:
+            raise TrainingError(f"{self.source} does not say how its inputs were normalised; pass --dataset NAME, "
+                                "the data set it was trained on (with --data-dir for a folder)")
+        return self.mean, self.std
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able facts that exported models carry, so that they can be used without this repo."""
+        return {"classes": self.classes, "img_size": self.img_size, "mean": self.mean, "std": self.std,
+                "input": "float32 (N, 3, img_size, img_size) RGB, (pixels / 255 - mean) / std",
+                "output": "logits (N, len(classes))"}
+
+
+def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = None, img_size: int | None = None,
+                   dataset: str | None = None, data_dir: str | os.PathLike | None = None) -> InferenceSpec:
+    """Turn a checkpoint (this repo's, older ones of ours, or the original code's) into an :class:`InferenceSpec`.
+
+    The checkpoint's own facts come first; the arguments fill in what it lacks: the model configuration from
+    its ``model_config``, else from the weights' shapes (``img_size``, if given, must agree); class names from
+    ``classes``, else the checkpoint, else ``dataset`` (or the dataset recorded in its args, or for the original
+    code's files the one its class count and image size imply), else "0".."N-1" with a warning; mean/std from
+    the checkpoint, else the original code's CIFAR normalisation for its CIFAR checkpoints, else the dataset's.
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.get("model_config")
+    if not isinstance(config, dict):
+        try:
+            config = describe_state_dict(extract_state_dict(checkpoint))
+        except ValueError:
+            raise TrainingError(f"{path} does not hold UPANets weights") from None
+    config = dict(config)
+    if "img" not in config:  # only the ExC head's weights are sized by the image
+        if img_size is None:
+            raise TrainingError(f"{path} does not say which image size its model takes; pass --img-size")
+        config["img"] = img_size
+    elif img_size is not None and img_size != config["img"]:
+        raise TrainingError(f"{path} holds a model for {config['img']}x{config['img']} images, "
+                            f"not --img-size {img_size}")
+    try:
+        model = UPANets(**config)
+    except (TypeError, ValueError) as e:
+        raise TrainingError(f"{path}: {config} does not build a UPANets ({e})") from None
+    load_model_weights(model, checkpoint, path)
+    model.eval()
+
+    num_classes, warnings = model.num_classes, []
+    saved = checkpoint.get("data") if isinstance(checkpoint.get("data"), dict) else {}
+    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    original = "net" in checkpoint
+    named = dataset is not None
+    if classes is not None and len(classes) != num_classes:
+        raise TrainingError(f"--classes names {len(classes)} classes but the model in {path} has {num_classes} "
+                            "outputs")
+    dataset = dataset or saved.get("dataset") or args.get("dataset")
+    dataset = data.ORIGINAL_DATASET_NAMES.get(dataset, dataset)
+    if dataset is None and original:
+        dataset = _ORIGINAL_CODE_DATASETS.get((num_classes, model.img))
+        if dataset is not None:
+            warnings.append(f"{path} is the original code's checkpoint of a {num_classes}-class model for "
+                            f"{model.img}x{model.img} images: taking it for {dataset} (pass --dataset otherwise)")
+    names = list(classes) if classes is not None else saved.get("classes")
+    mean, std = saved.get("mean"), saved.get("std")
+    if original and mean is None and dataset in ("cifar10", "cifar100"):
+        # The original code normalised both CIFARs with one mean/std: its weights expect those inputs.
+        mean, std = data.ORIGINAL_CIFAR_NORMALIZATION
+    if dataset is not None and (names is None or mean is None):
+        try:
+            info = data.dataset_info(dataset, data_dir, img_size=model.img, seed=args.get("seed", 0))
+        except data.DataError as e:
+            if named:  # asked for: its failure is the answer
+                raise
+            info = None  # only recorded in the checkpoint: what it cannot give stays missing
+            warnings.append(f"cannot read the class names or normalisation of {dataset}, which {path} was "
+                            f"trained on ({e})")
+        if info is not None:
+            names = names if names is not None else info.classes
+            if mean is None:
+                mean, std = info.mean, info.std
+        if classes is None and names is not None and len(names) != num_classes:
+            raise TrainingError(f"{dataset} has {len(names)} classes but the model in {path} has {num_classes} "
+                                "outputs; pass the --dataset it was trained on, or --classes")
+    if names is None:
+        names = [str(i) for i in range(num_classes)]
+        warnings.append(f"{path} names no classes: calling them 0..{num_classes - 1} (pass --classes or --dataset)")
+    return InferenceSpec(path, model, [str(name) for name in names], None if mean is None else tuple(mean),
+                         None if std is None else tuple(std), warnings)

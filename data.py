@@ -17,10 +17,13 @@ Image-file datasets too large for memory fall back to `StreamingDataset`, decode
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import errno
 import hashlib
 import os
 import pickle
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +94,15 @@ class DataBundle:
     classes: list[str]
 
 
+def dataset_name(value: str) -> str:
+    """A ``--dataset`` value as one of DATASETS (the original code's names accepted), for argparse."""
+    name = ORIGINAL_DATASET_NAMES.get(value, value)
+    if name not in DATASETS:
+        choices = ", ".join(DATASETS + tuple(ORIGINAL_DATASET_NAMES))
+        raise argparse.ArgumentTypeError(f"unknown dataset {value!r} (choose from {choices})")
+    return name
+
+
 def load_data(
     name: str,
     data_dir: str | os.PathLike,
@@ -119,7 +131,11 @@ def load_data(
     if name == "folder":
         return _load_folder(data_dir, img_size or 32, in_memory, workers)
     if name == "synthetic":
-        return make_synthetic(seed, img_size=img_size or 32)
+        img_size = img_size or 32
+        # Building it takes about 16 bytes per pixel value (float32 colour, noise and their sum).
+        _require_memory(f"the synthetic set at --img-size {img_size}", 16 * 2000 * 3 * img_size**2,
+                        "use a smaller --img-size")
+        return make_synthetic(seed, img_size=img_size)
     raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
 
 
@@ -237,14 +253,7 @@ def _load_tiny_imagenet(data_dir: Path, download: bool, img_size: int, in_memory
                         workers: int) -> DataBundle:
     root = _locate(data_dir, "tiny-imagenet-200", "Tiny ImageNet", "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
                    "90528d7ca1a48142e341f4ef8d21d0de", download)
-    wnids_file = root / "wnids.txt"
-    try:
-        wnids = wnids_file.read_text().split()
-    except OSError as e:
-        raise DataError(f"cannot read {wnids_file} ({one_line(e)}); re-download with --download") from None
-    if not wnids:
-        raise DataError(f"{wnids_file} lists no classes; re-download with --download")
-    classes = sorted(set(wnids))  # sorted like ImageFolder, which the original code (and its checkpoints) used
+    classes = _tiny_imagenet_classes(root)
     index = {w: i for i, w in enumerate(classes)}
 
     train_files, train_labels = [], []
@@ -274,6 +283,18 @@ def _load_tiny_imagenet(data_dir: Path, download: bool, img_size: int, in_memory
     test = _image_split(root, "val", test_files, test_labels, img_size, in_memory, workers)
     return DataBundle("tiny-imagenet", train, test, len(classes), img_size, IMAGENET_MEAN, IMAGENET_STD,
                       img_size // 8, classes)
+
+
+def _tiny_imagenet_classes(root: Path) -> list[str]:
+    """The wnids of ``root/wnids.txt`` in label order."""
+    wnids_file = root / "wnids.txt"
+    try:
+        wnids = wnids_file.read_text().split()
+    except OSError as e:
+        raise DataError(f"cannot read {wnids_file} ({one_line(e)}); re-download with --download") from None
+    if not wnids:
+        raise DataError(f"{wnids_file} lists no classes; re-download with --download")
+    return sorted(set(wnids))  # sorted like ImageFolder, which the original code (and its checkpoints) used
 
 
 def _load_folder(data_dir: Path, img_size: int, in_memory: bool | None, workers: int) -> DataBundle:
@@ -335,6 +356,14 @@ def _read_image(path: Path, img_size: int) -> Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def read_image(path: str | os.PathLike, img_size: int) -> Tensor:
+    """One image file as the image-file sets read it, for inference: RGB, resized, uint8 (3, img_size, img_size).
+
+    Raises DataError for a file that cannot be decoded.
+    """
+    return _read_image(Path(path), img_size)
+
+
 def _image_split(root: Path, split: str, files: list[Path], labels: list[int], img_size: int,
                  in_memory: bool | None, workers: int) -> ImageDataset | StreamingDataset:
     """Decode a split into memory through an on-disk cache, or stream it when it does not fit."""
@@ -350,6 +379,18 @@ def _image_split(root: Path, split: str, files: list[Path], labels: list[int], i
         data = ImageDataset(_decode_all(stream, workers, f"{root.name}/{split}"), stream.labels)
         _write_cache(cache, key, data)
     return data
+
+
+def _require_memory(what: str, needed: int, remedy: str) -> None:
+    """Raise DataError before allocating when ``needed`` bytes exceed the memory available now."""
+    available = _available_memory()
+    if needed > available:
+        raise DataError(f"out of memory: {what} needs about {_gib(needed)} of memory, more than the "
+                        f"{_gib(available)} available; {remedy}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _available_memory() -> int:
@@ -385,11 +426,21 @@ def _read_cache(path: Path, key: str) -> ImageDataset | None:
 
 
 def _write_cache(path: Path, key: str, data: ImageDataset) -> None:
-    """Write atomically, so concurrent ranks or a crash never leave a partial cache."""
+    """Write atomically, so concurrent ranks or a crash never leave a partial cache.
+
+    A folder that cannot be written (a read-only data set) only loses the shortcut; a full disk is an error,
+    as the run's own checkpoints would meet it next.
+    """
     try:
         with atomic_write(path) as f:
             torch.save({"key": key, "images": data.images, "labels": data.labels}, f)
-    except OSError as e:  # e.g. a read-only data directory: train anyway, just without the shortcut
+    except (OSError, RuntimeError) as e:  # torch's file writer reports a failed write as a RuntimeError
+        if isinstance(e, OSError):
+            disk_full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        else:
+            disk_full = shutil.disk_usage(path.parent).free < data.images.numel()
+        if disk_full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         warnings.warn(f"cannot write cache {path} ({one_line(e)}); images will be decoded again next time",
                       stacklevel=2)
 
@@ -602,3 +653,55 @@ class DeviceTransform:
         if self.pad or self.flip:
             images = random_crop_flip(images, self.pad, self.generator, self.flip)
         return torch.addcmul(self.shift, images, self.scale).to(self.dtype)
+
+
+# ---------------------------------------------------------------------------------- what inference needs
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# CIFAR-100's fine labels in label order (alphabetical, as in its meta file).
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+_CIFAR_CLASSES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model trained on a data set needs from it at inference: class names (label order) and mean/std."""
+
+    classes: list[str] | None  # None where only the data holds them and it is not there
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def dataset_info(name: str, data_dir: str | os.PathLike | None = None, *, img_size: int | None = None,
+                 seed: int = 0) -> DatasetInfo:
+    """Class names and normalisation as training on ``name`` used them, reading no more of the data than needed.
+
+    CIFAR's are constants. Tiny ImageNet's mean/std are constants and its class names are the wnids in
+    ``data_dir``, None when that is missing. A folder or synthetic set is loaded as training loads it (its
+    mean/std are measured on its train split), with ``img_size`` and, for synthetic, ``seed`` as trained.
+    """
+    name = ORIGINAL_DATASET_NAMES.get(name, name)
+    if name in _CIFAR:
+        spec = _CIFAR[name]
+        return DatasetInfo(list(_CIFAR_CLASSES[name]), spec.mean, spec.std)
+    if name == "tiny-imagenet":
+        root = None if data_dir is None else Path(data_dir).expanduser() / "tiny-imagenet-200"
+        classes = _tiny_imagenet_classes(root) if root is not None and root.is_dir() else None
+        return DatasetInfo(classes, IMAGENET_MEAN, IMAGENET_STD)
+    if name == "folder" and data_dir is None:
+        raise DataError("a folder data set's class names and mean/std come from its images: give its data dir")
+    if name in ("folder", "synthetic"):
+        bundle = load_data(name, data_dir or ".", img_size=img_size, seed=seed)
+        return DatasetInfo(list(bundle.classes), bundle.mean, bundle.std)
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

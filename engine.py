@@ -168,8 +168,11 @@ def agree_across_ranks(stop: StopRequest, bad: bool, context: DistributedContext
 
 
 def train_one_epoch(trainer: Trainer, loader: data.DeviceLoader, state: EpochState, runtime: Runtime, *,
-                    epoch: int, stop: StopRequest) -> bool:
-    """Train from ``state.step`` to the end of the epoch; return False if a stop signal cut it short."""
+                    epoch: int, stop: StopRequest, on_sync: Callable[[EpochState], None] | None = None) -> bool:
+    """Train from ``state.step`` to the end of the epoch; return False if a stop signal cut it short.
+
+    ``on_sync`` is called with ``state`` at every sync point, where reading its sums waits for no device work.
+    """
     trainer.model.train()
     context = runtime.context
     bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1} train", disable=not runtime.progress,
@@ -192,6 +195,8 @@ def train_one_epoch(trainer: Trainer, loader: data.DeviceLoader, state: EpochSta
             if at_sync:
                 bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen.item():.3f}",
                                 acc=f"{100 * state.correct.item() / state.seen.item():.2f}%")
+                if on_sync is not None:
+                    on_sync(state)
             if stopping and state.step < len(loader):
                 bar.close()
                 return False

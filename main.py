@@ -25,21 +25,13 @@ import tuning
 import utils
 from checkpointing import Checkpointer, ResumePoint, load_checkpoint, load_model_weights
 from engine import EpochState, Runtime, StopRequest, Stopped, Trainer, agree_across_ranks, evaluate, train_one_epoch
-from models.upanets import UPANets, check_config
+from models.upanets import HEADS, UPANets, check_config
 from utils import DistributedContext, TrainingError
-
-
-def _dataset_name(value: str) -> str:
-    name = data.ORIGINAL_DATASET_NAMES.get(value, value)
-    if name not in data.DATASETS:
-        choices = ", ".join(data.DATASETS + tuple(data.ORIGINAL_DATASET_NAMES))
-        raise argparse.ArgumentTypeError(f"unknown dataset {value!r} (choose from {choices})")
-    return name
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train and evaluate UPANets", add_help=add_help)
-    parser.add_argument("--dataset", "--datasets", default="cifar10", type=_dataset_name,
+    parser.add_argument("--dataset", "--datasets", default="cifar10", type=data.dataset_name,
                         help=f"one of {', '.join(data.DATASETS)} (the original names cifar_10, cifar_100, "
                         "tiny_imgnet are accepted too)")
     parser.add_argument("--data-dir", "--data_dir", default="./data", type=Path, help="where data sets live")
@@ -49,6 +41,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="image size for --dataset folder/synthetic (default 32); CIFAR is 32, Tiny ImageNet 64")
     parser.add_argument("--filters", default=16, type=int, help="base filters: 16, 32, 64 for UPANets16/32/64")
     parser.add_argument("--blocks", default=1, type=int, help="UPA blocks per stage, in units of 4")
+    parser.add_argument("--head", default="exc", choices=HEADS,
+                        help="classifier head: exc, the paper's extreme connection (GAP + SPA of the stem and every "
+                        "stage); exc-gap, the same pooled by GAP alone; last, GAP of the last stage only")
     parser.add_argument("--epochs", default=100, type=int, help="total epochs (cosine schedule spans them)")
     parser.add_argument("--batch-size", "--batch_size", default=100, type=int,
                         help="images per step and process; the global batch is this times the number of processes")
@@ -56,6 +51,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
     parser.add_argument("--weight-decay", "--wd", default=5e-4, type=float, help="SGD weight decay")
     parser.add_argument("--workers", default=4, type=int, help="processes decoding image files")
+    parser.add_argument("--stream", action="store_true",
+                        help="decode image-file sets (folder, Tiny ImageNet) from disk every epoch instead of holding "
+                        "them in memory (the default when they do not fit)")
     parser.add_argument("--seed", default=0, type=int, help="seed for initialisation, shuffling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
@@ -67,6 +65,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (with CUDA graphs on a single GPU)")
     parser.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm under torchrun")
+    parser.add_argument("--dist-timeout", default=300, type=float, metavar="SECONDS",
+                        help="under torchrun, how long a process waits for the others (joining the group, each "
+                        "collective) before it fails, so that one failed or vanished process stops them all; "
+                        "raise it if rank 0's first download of the data takes longer")
     parser.add_argument("--resume", "-r", default=None, metavar="PATH",
                         help="checkpoint to continue from, or 'auto' for this run's last.pth")
     parser.add_argument("--evaluate", action="store_true", help="only evaluate --weights on the test set")
@@ -75,9 +77,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", default="./checkpoint", type=Path, help="checkpoints go in <dir>/<run-name>/")
     parser.add_argument("--save-path", "--save_path", default="./results", type=Path,
                         help="metrics, curves and args go in <save-path>/<run-name>/")
-    parser.add_argument("--run-name", default=None, help="default: <dataset>-upanets<filters>[-blocks<blocks>]")
+    parser.add_argument("--run-name", default=None,
+                        help="default: <dataset>-upanets<filters>[-blocks<blocks>][-<head> unless exc]")
     parser.add_argument("--overwrite", action="store_true", help="start this run over, replacing its checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files into the run's --save-path folder")
     return parser
 
 
@@ -119,29 +124,18 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError("--resume and --evaluate do not go together; evaluate a checkpoint with --weights")
     if args.sync_bn and args.device == "cpu":
         raise TrainingError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
+    if not args.dist_timeout > 0 or not math.isfinite(args.dist_timeout):
+        raise TrainingError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
 
 
 # ----------------------------------------------------------------------------- set-up
 
 
-def resolve_device(name: str, context: DistributedContext) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"--device {name!r} is not a device name (try cpu or cuda)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        if context.enabled:
-            device = torch.device("cuda", context.local_rank)
-    return device
-
-
 def default_run_name(args: argparse.Namespace) -> str:
     name = f"{args.dataset}-upanets{args.filters}"
-    return name if args.blocks == 1 else f"{name}-blocks{args.blocks}"
+    if args.blocks != 1:
+        name += f"-blocks{args.blocks}"
+    return name if args.head == "exc" else f"{name}-{args.head}"
 
 
 @dataclass(frozen=True)
@@ -153,15 +147,21 @@ class RunFolders:
     resume: Path | None
 
     @classmethod
-    def for_training(cls, args: argparse.Namespace) -> RunFolders:
+    def for_training(cls, args: argparse.Namespace, context: DistributedContext = DistributedContext()) -> RunFolders:
         """Check the folders can be written and pick the checkpoint to resume, before any data is loaded.
 
-        Refuses to clobber an existing run that is not being resumed.
+        Refuses to clobber an existing run that is not being resumed. A group that torchrun restarted after a
+        failure resumes the run's own last.pth whatever --resume says, since it holds the progress made before
+        the crash (with --overwrite, only a last.pth that this torchrun job wrote); without one, it starts as
+        the first start did.
         """
         checkpoints, results = args.checkpoint_dir / args.run_name, args.save_path / args.run_name
         for folder in (checkpoints, results):
             utils.check_writable(folder)
         last = checkpoints / "last.pth"
+        if context.restart > 0 and last.is_file() and (
+                not args.overwrite or load_checkpoint(last).get("job") == context.job):
+            return cls(checkpoints, results, last)
         if args.resume is None:
             for existing in (last, results / "metrics.jsonl"):
                 if existing.exists() and not args.overwrite:
@@ -174,15 +174,6 @@ class RunFolders:
         if not path.is_file():
             raise TrainingError(f"--resume {args.resume}: no checkpoint at {path}")
         return cls(checkpoints, results, path)
-
-    def create(self) -> None:
-        """Make both folders, so that one that cannot be made fails now rather than after an epoch."""
-        for folder, flag in ((self.checkpoints, "--checkpoint-dir"), (self.results, "--save-path")):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise TrainingError(f"cannot create {folder} ({e.strerror or utils.one_line(e)}); "
-                                    f"choose another {flag}") from None
 
 
 @dataclass
@@ -203,7 +194,7 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: di
 
     ``checkpoint`` is the one to resume or evaluate, whose precision and layout a run keeps when the flags allow.
     """
-    device = resolve_device(args.device, context)
+    device = utils.resolve_device(args.device, context)
     tuning.amp_candidates(args.amp, device)  # an --amp the device cannot run fails before the data loads
     utils.seed_everything(args.seed)
     if device.type == "cuda":
@@ -211,13 +202,15 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: di
 
     with utils.main_process_first(context):  # only rank 0 downloads
         bundle = data.load_data(args.dataset, args.data_dir, download=args.download, img_size=args.img_size,
-                                workers=args.workers, seed=args.seed)
+                                in_memory=False if args.stream else None, workers=args.workers, seed=args.seed)
     context.print0(f"data: {args.dataset}, {len(bundle.train)} train / {len(bundle.test)} test images, "
                    f"{bundle.num_classes} classes, {bundle.img_size}x{bundle.img_size}")
 
-    model = UPANets(args.filters, bundle.num_classes, args.blocks, bundle.img_size)
+    model = UPANets(args.filters, bundle.num_classes, args.blocks, bundle.img_size, head=args.head)
     if context.is_main:  # counting FLOPs runs a forward pass; the other ranks would print nothing anyway
-        print(f"model: UPANets{args.filters} (blocks={args.blocks}), {utils.count_parameters(model):,} parameters, "
+        head = "" if args.head == "exc" else f", head={args.head}"
+        print(f"model: UPANets{args.filters} (blocks={args.blocks}{head}), "
+              f"{utils.count_parameters(model):,} parameters, "
               f"{utils.forward_flops(model, bundle.img_size) / 1e9:.3f} GFLOPs per image")
     speed = tuning.choose(model, amp_flag=args.amp, channels_last_flag=args.channels_last, device=device,
                           batch_size=args.batch_size, train=not args.evaluate, context=context,
@@ -282,12 +275,28 @@ def run_metadata(run: Run) -> dict[str, Any]:
     """What using the model needs besides its weights, and how it was trained: in args.json and every checkpoint."""
     model, bundle = run.model, run.bundle
     return {
-        "model_config": {"filters": model.filters, "num_classes": model.num_classes, "blocks": model.blocks,
-                         "img": model.img},
+        "model_config": model.config,
         "data": {"dataset": bundle.name, "classes": list(bundle.classes), "mean": list(bundle.mean),
                  "std": list(bundle.std)},
         "speed_choice": run.speed.to_dict(),
+        "job": run.runtime.context.job,  # with --overwrite, a restarted torchrun job resumes only its own last.pth
     }
+
+
+class TrainLossLog:
+    """``--tensorboard``'s training loss every few steps: the mean over the steps since the last sync point.
+
+    Called at sync points only (``train_one_epoch``'s ``on_sync``), where reading the sums adds no wait.
+    """
+
+    def __init__(self, tensorboard: utils.TensorBoardLogger, state: EpochState, first_step: int) -> None:
+        self.tensorboard, self.first_step = tensorboard, first_step  # first_step: the run's steps before this epoch
+        self.loss_sum, self.seen = state.loss_sum.item(), state.seen.item()
+
+    def __call__(self, state: EpochState) -> None:
+        loss_sum, seen = state.loss_sum.item(), state.seen.item()
+        self.tensorboard.log_train_loss((loss_sum - self.loss_sum) / (seen - self.seen), self.first_step + state.step)
+        self.loss_sum, self.seen = loss_sum, seen
 
 
 def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopRequest,
@@ -321,6 +330,12 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
     metrics = utils.MetricsLogger(folders.results, start.epoch) if context.is_main else None
     if context.is_main:
         utils.write_json(folders.results / "args.json", {**vars(args), **metadata})
+    steps = len(train_loader)
+    tensorboard = None
+    if args.tensorboard and context.is_main:
+        start_step = start.epoch * steps + (start.epoch_state.step if start.epoch_state else 0)
+        tensorboard = utils.TensorBoardLogger(folders.results, start_step)
+        tensorboard.log_flags({**vars(args), **metadata}, start_step)
     stop.install()  # before the "training" line: a signal sent once it is printed always gets a checkpoint
     context.print0(f"training {args.run_name} for {args.epochs} epochs on {runtime.device} "
                    f"(amp={run.speed.amp}, channels_last={runtime.channels_last}, "
@@ -334,7 +349,8 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
             epoch_state = EpochState.zeros(runtime.device)
         started = time.perf_counter()
         images_before = epoch_state.seen.item()
-        if not train_one_epoch(trainer, train_loader, epoch_state, runtime, epoch=epoch, stop=stop):
+        on_sync = None if tensorboard is None else TrainLossLog(tensorboard, epoch_state, epoch * steps)
+        if not train_one_epoch(trainer, train_loader, epoch_state, runtime, epoch=epoch, stop=stop, on_sync=on_sync):
             if context.is_main:
                 checkpointer.save(epoch, best_acc, epoch_state=epoch_state)
             raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} at epoch {epoch + 1}, step "
@@ -356,7 +372,8 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
         is_best = stats["acc1"] > best_acc
         best_acc = max(best_acc, stats["acc1"])
         if context.is_main:
-            checkpointer.save(epoch + 1, best_acc, is_best=is_best)
+            # Logged before the checkpoint is saved: a crash between the two then costs a row that the resumed
+            # run drops and logs again (rows past the checkpoint's epoch), never a row of a saved epoch.
             row = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss_sum / train_seen,
@@ -369,14 +386,19 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
                 "train_images_per_second": (train_seen - images_before * context.world_size) / train_seconds,
             }
             metrics.log(row)
+            if tensorboard is not None:
+                tensorboard.log_metrics(row, (epoch + 1) * steps)
             print(f"epoch {epoch + 1}/{args.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% "
                   f"| test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% top-5 {stats['acc5']:.2f}% | "
                   f"best {best_acc:.2f}% | lr {lr:.4g} | {row['epoch_seconds']:.1f}s, "
                   f"{row['train_images_per_second']:.0f} img/s")
+            checkpointer.save(epoch + 1, best_acc, is_best=is_best)
         epoch_state = None
         if agree_across_ranks(stop, False, context)[0]:
             raise Stopped(stop.exit_code, f"stopped by signal {stop.signum} after epoch {epoch + 1}; "
                           "continue by running the same command with --resume auto")
+    if tensorboard is not None:
+        tensorboard.close()
     context.print0(f"done: best test accuracy {best_acc:.2f}%; checkpoints in {folders.checkpoints}, "
                    f"metrics in {folders.results}")
     return model
@@ -389,21 +411,33 @@ def main(args: argparse.Namespace) -> nn.Module:
     """Train (or with --evaluate, evaluate) as the flags say; return the model (unwrapped, on its device)."""
     check_args(args)
     context = utils.init_distributed("cuda" if args.device.startswith("cuda") or (
-        args.device == "auto" and torch.cuda.is_available()) else "cpu")
+        args.device == "auto" and torch.cuda.is_available()) else "cpu", timeout=args.dist_timeout)
     stop = StopRequest()
     try:
         args.run_name = args.run_name or default_run_name(args)
-        folders = None if args.evaluate else RunFolders.for_training(args)  # a bad folder fails before any work
+        # A bad folder fails before any work.
+        folders = None if args.evaluate else RunFolders.for_training(args, context)
+        if folders is not None and context.restart > 0:
+            context.print0(f"restart {context.restart} under torchrun: " + (
+                f"resuming from {folders.resume}" if folders.resume else "no checkpoint yet, starting from epoch 1"))
         # Read before the data: a bad file fails at once, and its precision and layout carry over.
         source = args.weights if args.evaluate else folders.resume
         checkpoint = None if source is None else load_checkpoint(source)
-        if folders is not None and context.is_main:
-            folders.create()
         run = set_up(args, context, checkpoint)
         if args.evaluate:
             evaluate_weights(args, run, checkpoint)
             return run.model
         return train(args, run, folders, stop, checkpoint)
+    except Stopped:
+        raise
+    except Exception as e:
+        # Shared before this process's exit breaks the others' collectives, so that they end with its message;
+        # a collective of this process that broke because another one failed first ends with that one's.
+        own = str(e) if isinstance(e, (TrainingError, data.DataError)) else utils.one_line(e)
+        first = utils.share_failure(context, own)
+        if first is not None and isinstance(e, RuntimeError):
+            raise TrainingError(first) from None
+        raise
     finally:
         stop.restore()
         utils.cleanup_distributed(context)
@@ -421,12 +455,36 @@ def cli(argv: Iterable[str] | None = None) -> int:
         return 2
     except OSError as e:  # a full disk or a read-only folder, met while saving or logging
         print(f"error: cannot write {e.filename or 'a file'}: {e.strerror or e}; free space or fix the "
-              "permissions, then continue with --resume auto", file=sys.stderr)
+              f"permissions{resume_hint(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as e:
+        out_of_memory = utils.describe_out_of_memory(e)
+        if out_of_memory is None:
+            raise
+        print(f"error: {out_of_memory}; {memory_remedy(args)}{resume_hint(args)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def memory_remedy(args: argparse.Namespace) -> str:
+    """The flags that shrink what a run holds in memory."""
+    flags = [f"--batch-size (now {args.batch_size})", f"--filters (now {args.filters})"]
+    if args.dataset in ("folder", "synthetic", "tiny-imagenet"):
+        flags.insert(1, "--img-size")
+    remedy = f"use a smaller {', '.join(flags[:-1])} or {flags[-1]}"
+    if args.dataset in ("folder", "tiny-imagenet") and not args.stream:
+        remedy += ", or --stream to read the images from disk each epoch"
+    return remedy
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """How to continue after fixing the problem, when this run has a checkpoint to continue from."""
+    if args.evaluate or args.run_name is None or not (args.checkpoint_dir / args.run_name / "last.pth").is_file():
+        return ""
+    return ", then continue with --resume auto"
 
 
 if __name__ == "__main__":

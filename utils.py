@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import glob
 import json
 import math
 import os
 import random
+import re
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +26,22 @@ import torch.distributed as dist
 
 class TrainingError(Exception):
     """A problem the user can fix (bad checkpoint, bad flag value, ...), with a one-line message."""
+
+
+def describe_out_of_memory(error: BaseException) -> str | None:
+    """"out of memory on the CPU/GPU (a request for N GiB)" if ``error`` says memory ran out, else None."""
+    text = str(error)
+    if isinstance(error, torch.OutOfMemoryError):
+        where = "the GPU"
+    elif isinstance(error, MemoryError) or "can't allocate memory" in text:  # the latter: torch's CPU allocator
+        where = "the CPU"
+    else:
+        return None
+    # torch's CPU allocator gives bytes, its CUDA allocator and NumPy a size with a unit.
+    in_bytes = re.search(r"tried to allocate (\d+) bytes", text)
+    with_unit = re.search(r"(?:Tried to allocate|Unable to allocate) ([0-9.]+ [KMGTP]?i?B)", text)
+    size = f"{int(in_bytes.group(1)) / 2**30:,.2f} GiB" if in_bytes else with_unit and with_unit.group(1)
+    return f"out of memory on {where}" + (f" (a request for {size})" if size else "")
 
 
 def one_line(e: BaseException) -> str:
@@ -42,13 +63,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     The data goes to a uniquely named temporary file in the same folder, which is flushed, fsynced and
     renamed over ``path``: readers see the old file or the new one, never a mix. If the block raises,
     the temporary file is removed and ``path`` keeps its bytes; temporary files left by a killed writer
-    are removed by the next write of the same path.
+    are removed by the next write of the same path. OS errors (a full disk, a read-only folder) are
+    raised as OSErrors that name ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):
+            stale.unlink(missing_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as f:
@@ -56,17 +81,32 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
         raise
 
 
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name (a write to a full disk reports none); OSError's
+    constructor picks the subclass (PermissionError, ...) from the errno."""
+    return OSError(error.errno, error.strerror or str(error), str(path))
+
+
 def check_writable(folder: str | os.PathLike) -> None:
-    """Raise TrainingError unless ``folder`` exists writable or could be created, without creating it."""
+    """Raise TrainingError unless ``folder`` exists writable or could be created, leaving nothing behind.
+
+    Tried for real, with a folder made and removed in its nearest existing parent: permission bits do not
+    tell (root passes os.access almost everywhere, yet cannot make folders in /proc or on a read-only mount).
+    """
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise TrainingError(f"cannot write to {folder}: {existing} is not a writable folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".upanets-write-test-", dir=existing))
+    except OSError as e:
+        reason = "not a folder" if not existing.is_dir() else e.strerror or one_line(e)
+        raise TrainingError(f"cannot write to {folder}: {existing} is not a writable folder ({reason})") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -146,6 +186,7 @@ class MetricsLogger:
     logging but before its checkpoint) are dropped, so a resumed run never
     shows an epoch twice. Nothing is written before the first new epoch is
     logged, so a run that fails early leaves the previous files as they were.
+    The plot's title is the folder's name, which ``main.py`` makes the run's name.
     """
 
     def __init__(self, run_dir: str | os.PathLike, start_epoch: int = 0) -> None:
@@ -179,6 +220,7 @@ class MetricsLogger:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         epochs = [row["epoch"] for row in self.rows]
         fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
@@ -188,6 +230,8 @@ class MetricsLogger:
         ax_loss.set_ylabel("loss")
         ax_acc.set_ylabel("top-1 accuracy (%)")
         ax_acc.set_xlabel("epoch")
+        ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 ticks on short runs
+        ax_loss.set_title(self.run_dir.name)
         for ax in (ax_loss, ax_acc):
             ax.grid(alpha=0.3)
             ax.legend()
@@ -197,6 +241,55 @@ class MetricsLogger:
                 fig.savefig(f, format="png", dpi=100)
         finally:
             plt.close(fig)
+
+
+# Each metrics.jsonl field's TensorBoard tag: the train and test curves of a quantity share a section.
+TENSORBOARD_TAGS = {
+    "epoch": "epoch",
+    "train_loss": "loss/train",
+    "test_loss": "loss/test",
+    "train_acc": "accuracy/train",
+    "test_acc": "accuracy/test",
+    "best_acc": "accuracy/best",
+    "lr": "lr",
+    "epoch_seconds": "speed/epoch_seconds",
+    "train_images_per_second": "speed/train_images_per_second",
+}
+TRAIN_STEPS_TAG = "loss/train_steps"
+
+
+class TensorBoardLogger:
+    """TensorBoard event files in ``run_dir``: every metrics row, the training loss every few steps, the flags.
+
+    Steps count optimizer steps (batches per process), so runs with the same batch size line up; a metrics row
+    is logged at the step that ends its epoch. When TensorBoard reads the folder, it drops what earlier
+    processes logged after ``start_step``, the step this one resumes from (everything, for a run started over
+    at 0): a resumed run never shows a step twice. Every write is flushed: a run stopped by a signal keeps all
+    it logged.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, start_step: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imported only when asked for: it adds start-up time
+
+        # TensorBoard drops the steps from purge_step on; the step resumed from ended the last saved epoch.
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else 0)
+
+    def log_flags(self, flags: Mapping[str, Any], step: int) -> None:
+        rows = "\n".join(f"| {key} | `{json.dumps(value)}` |" for key, value in jsonable(flags).items())
+        self.writer.add_text("flags", f"| flag | value |\n| --- | --- |\n{rows}", step)
+        self.writer.flush()
+
+    def log_metrics(self, row: Mapping[str, Any], step: int) -> None:
+        for field, tag in TENSORBOARD_TAGS.items():
+            self.writer.add_scalar(tag, row[field], step)
+        self.writer.flush()
+
+    def log_train_loss(self, loss: float, step: int) -> None:
+        self.writer.add_scalar(TRAIN_STEPS_TAG, loss, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
@@ -225,17 +318,17 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def forward_flops(model: torch.nn.Module, image_size: int) -> int:
-    """FLOPs of one eval-mode forward pass on one image (a multiply-add counts 2), by torch.utils.flop_counter."""
+    """FLOPs of one eval-mode forward pass on one image (a multiply-add counts 2), by torch.utils.flop_counter.
+
+    Counted on a copy on the meta device: only shapes matter, and no kernel runs (on a CPU, a real first
+    forward pass costs seconds of one-time set-up).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters())
-    x = torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)
+    meta = copy.deepcopy(model).to("meta").eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
+        meta(torch.zeros(1, 3, image_size, image_size, device="meta"))
     return counter.get_total_flops()
 
 
@@ -247,6 +340,9 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    restart: int = 0  # how many times torchrun has restarted the group (--max-restarts) before this start
+    store: dist.Store | None = None  # the store of this start of the group, when distributed
+    job: str | None = None  # names the torchrun job, the same in every start of the group; None when not distributed
 
     @property
     def enabled(self) -> bool:
@@ -262,10 +358,28 @@ class DistributedContext:
             print(*args, **kwargs)
 
 
-def init_distributed(device_type: str) -> DistributedContext:
+def resolve_device(name: str, context: DistributedContext = DistributedContext()) -> torch.device:
+    """``--device``: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...; under torchrun, this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TrainingError(f"--device {name!r} is not a device name (try cpu or cuda)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if context.enabled:
+            device = torch.device("cuda", context.local_rank)
+    return device
+
+
+def init_distributed(device_type: str, timeout: float = 300) -> DistributedContext:
     """Join the process group that ``torchrun`` describes in RANK/WORLD_SIZE/LOCAL_RANK (NCCL on CUDA, gloo on CPU).
 
-    Without those variables (plain ``python main.py``) this is a single process.
+    Without those variables (plain ``python main.py``) this is a single process. ``timeout`` (seconds) bounds
+    every wait for the other processes, in joining the group and in each collective: a process whose peers
+    failed or vanished stops then instead of after torch's default of 30 minutes.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistributedContext()
@@ -273,12 +387,79 @@ def init_distributed(device_type: str) -> DistributedContext:
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
     )
     if context.world_size > 1:
         if device_type == "cuda":
             torch.cuda.set_device(context.local_rank)
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        limit = timedelta(seconds=timeout)
+        try:
+            store, _, _ = next(dist.rendezvous("env://", timeout=limit))
+            # The agent's store outlives restarts: the first start to get here names the job for all of them.
+            job = store.compare_set(_JOB_KEY, "", uuid.uuid4().hex).decode()
+            store = _fresh_store(store, context, limit)
+        except dist.DistError as e:
+            raise TrainingError(
+                f"process {context.rank} of {context.world_size} could not reach the others within {timeout:g} s "
+                f"({one_line(e)}); one of them failed or never started (see its message), or --dist-timeout is "
+                "too short"
+            ) from None
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo", store=store,
+                                rank=context.rank, world_size=context.world_size, timeout=limit)
+        context = replace(context, store=store, job=job)
     return context
+
+
+# The keys under which rank 0 names the store prefix of the group's current start, and the first start the job.
+_GROUP_KEY = "upanets/group"
+_JOB_KEY = "upanets/job"
+
+
+def _fresh_store(store: dist.Store, context: DistributedContext, timeout: timedelta) -> dist.Store:
+    """``store`` under a prefix that only this start of the group writes to.
+
+    torchrun's agent keeps one store for all restarts of a group, holding what the crashed start wrote: the
+    addresses of its processes. A restarted process that read one before its new owner replaced it connected
+    to a dead process and failed, or, where such connections are dropped rather than refused, waited out the
+    timeout. So rank 0 names a new prefix, and every other rank checks that the name it read is not a stale
+    one with a nonce of its own, which only a live rank 0 answers.
+    """
+    if context.is_main:
+        name = uuid.uuid4().hex
+        store.set(_GROUP_KEY, name)
+        joined = [f"{name}/joined/{rank}" for rank in range(1, context.world_size)]
+        store.wait(joined)
+        for key in joined:
+            store.set(f"{name}/welcome/{store.get(key).decode()}", "")
+        return dist.PrefixStore(name, store)
+    nonce, name = uuid.uuid4().hex, None
+    deadline = time.monotonic() + timeout.total_seconds()
+    while time.monotonic() < deadline:  # polled: a store.wait that times out logs warnings on every retry
+        latest = store.get(_GROUP_KEY).decode()
+        if latest != name:  # the first name read, or a new one that rank 0 wrote over a stale one
+            name = latest
+            store.set(f"{name}/joined/{context.rank}", nonce)
+        if store.check([f"{name}/welcome/{nonce}"]):
+            return dist.PrefixStore(name, store)
+        time.sleep(0.05)
+    raise dist.DistStoreError("rank 0 never answered")
+
+
+def share_failure(context: DistributedContext, message: str) -> str | None:
+    """Leave this process's one-line failure ``message`` for the others, unless another process failed first:
+    then return that one's message.
+
+    A process whose collective broke because another one failed can so end with the cause, which the broken
+    connection does not tell.
+    """
+    if context.store is None:
+        return None
+    entry = f"process {context.rank} of {context.world_size} failed: {message}"
+    try:
+        first = context.store.compare_set("upanets/failure", "", entry).decode()
+    except RuntimeError:  # the store went away with the process that hosted it
+        return None
+    return None if first == entry else first
 
 
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:

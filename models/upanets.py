@@ -29,8 +29,10 @@ __all__ = [
     "upanets16",
     "upanets32",
     "upanets64",
+    "HEADS",
     "check_config",
     "clean_state_dict",
+    "config_repr",
     "describe_state_dict",
     "extract_state_dict",
     "load_weights",
@@ -38,6 +40,10 @@ __all__ = [
 
 # The block's convolutions widen to `planes * _WIDTH` channels before narrowing back.
 _WIDTH = 2
+
+# Classifier heads: the paper's extreme connection (GAP + SPA of the stem and every stage), the same
+# connection pooled by GAP alone (the learnable-pooling ablation), and GAP of the last stage only.
+HEADS = ("exc", "exc-gap", "last")
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -209,12 +215,20 @@ class UPANets(nn.Module):
     concatenated UPA blocks and doubles its channels; the ExC head pools the
     stem and every stage (GAP + SPA, layer-normed), concatenates them
     (``31 * filters`` features), then applies BatchNorm1d and a linear classifier.
+
+    ``head`` picks the classifier head (see ``HEADS``): ``"exc"``, the paper's and the
+    original code's; ``"exc-gap"``, the same connection pooled by GAP alone (no SPA
+    parameters); ``"last"``, GAP of the last stage only (``16 * filters`` features),
+    as in a conventional CNN. The ablations keep the layer norm and BatchNorm1d, so
+    each differs from the one before it in one factor.
     """
 
-    def __init__(self, filters: int, num_classes: int = 100, blocks: int = 1, img: int = 32) -> None:
+    def __init__(self, filters: int, num_classes: int = 100, blocks: int = 1, img: int = 32, *,
+                 head: str = "exc") -> None:
         super().__init__()
-        check_config(filters, num_classes, blocks, img)
+        check_config(filters, num_classes, blocks, img, head)
         self.filters, self.num_classes, self.blocks, self.img = filters, num_classes, blocks, img
+        self.head = head
 
         self.root = nn.Sequential(
             nn.Conv2d(3, filters * _WIDTH, kernel_size=3, padding=1, bias=False),
@@ -230,13 +244,15 @@ class UPANets(nn.Module):
         self.layer2 = self._make_stage(filters * 2, blocks, stride=2)
         self.layer3 = self._make_stage(filters * 4, blocks, stride=2)
         self.layer4 = self._make_stage(filters * 8, blocks, stride=2)
-        # Average pooling floors odd sizes, as img // 2 // 2 == img // 4 does.
-        self.spa0 = SPA(img)
-        self.spa1 = SPA(img)
-        self.spa2 = SPA(img // 2)
-        self.spa3 = SPA(img // 4)
-        self.spa4 = SPA(img // 8)
-        self.num_features = filters * 31
+        if head == "exc":
+            # Average pooling floors odd sizes, as img // 2 // 2 == img // 4 does.
+            self.spa0 = SPA(img)
+            self.spa1 = SPA(img)
+            self.spa2 = SPA(img // 2)
+            self.spa3 = SPA(img // 4)
+            self.spa4 = SPA(img // 8)
+        # The stem and the stages give 1 + 2 + 4 + 8 + 16 = 31 times `filters` channels; the last stage 16.
+        self.num_features = filters * (16 if head == "last" else 31)
         self.linear = nn.Linear(self.num_features, num_classes)
         self.bn = nn.BatchNorm1d(self.num_features)
 
@@ -255,8 +271,16 @@ class UPANets(nn.Module):
 
     @property
     def spas(self) -> tuple[SPA, ...]:
-        """The ExC head's SPA layers, one per feature map: the stem's, then stages 1 to 4."""
+        """The ExC head's SPA layers, one per feature map: the stem's, then stages 1 to 4; none for other heads."""
+        if self.head != "exc":
+            return ()
         return (self.spa0, self.spa1, self.spa2, self.spa3, self.spa4)
+
+    @property
+    def config(self) -> dict[str, int | str]:
+        """The arguments that rebuild this model: ``UPANets(**model.config)``."""
+        return {"filters": self.filters, "num_classes": self.num_classes, "blocks": self.blocks, "img": self.img,
+                "head": self.head}
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stem's and the four stages' feature maps, in that order."""
@@ -269,21 +293,27 @@ class UPANets(nn.Module):
         return [out0, out1, out2, out3, out4]
 
     def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """ExC: GAP + SPA of every feature map, layer-normed, concatenated deepest first."""
-        pooled = []
-        for spa, feature in zip(self.spas, features):
+        """Pool the feature maps as ``head`` says, layer-norm each, concatenate deepest first, BatchNorm1d, linear."""
+        if self.head == "exc":
             # Each map is spa.img pixels square (its pixel weights would not fit otherwise),
             # so GAP's weight is a constant rather than a read of the traced shape.
-            pooled.append(_layer_norm_chw(spa.pool(feature, extra_weight=1.0 / (spa.img * spa.img))))
-        out = torch.cat(pooled[::-1], dim=1).flatten(1)
+            pooled = [spa.pool(feature, extra_weight=1.0 / (spa.img * spa.img))
+                      for spa, feature in zip(self.spas, features)]
+        else:
+            pooled = [feature.mean((2, 3), keepdim=True)
+                      for feature in (features[-1:] if self.head == "last" else features)]
+        out = torch.cat([_layer_norm_chw(p) for p in pooled[::-1]], dim=1).flatten(1)
         return self.linear(self.bn(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
-def check_config(filters: int, num_classes: int, blocks: int, img: int) -> None:
-    """Raise ValueError, naming the value and the rule, if ``UPANets(filters, num_classes, blocks, img)`` is invalid."""
+def check_config(filters: int, num_classes: int, blocks: int, img: int, head: str = "exc") -> None:
+    """Raise ValueError, naming the value and the rule, if ``UPANets(filters, num_classes, blocks, img, head=head)``
+    is invalid."""
+    if head not in HEADS:
+        raise ValueError(f"UPANets head must be one of {', '.join(HEADS)}, got {head!r}")
     for name, value in (("filters", filters), ("num_classes", num_classes), ("blocks", blocks), ("img", img)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"UPANets {name} must be an int, got {value!r}")
@@ -315,19 +345,19 @@ def _checked_input(x: torch.Tensor, img: int) -> torch.Tensor:
     return x
 
 
-def upanets16(num_classes: int = 10, img: int = 32, blocks: int = 1) -> UPANets:
+def upanets16(num_classes: int = 10, img: int = 32, blocks: int = 1, head: str = "exc") -> UPANets:
     """UPANets with 16 base filters (the paper's UPANets16)."""
-    return UPANets(16, num_classes, blocks, img)
+    return UPANets(16, num_classes, blocks, img, head=head)
 
 
-def upanets32(num_classes: int = 10, img: int = 32, blocks: int = 1) -> UPANets:
+def upanets32(num_classes: int = 10, img: int = 32, blocks: int = 1, head: str = "exc") -> UPANets:
     """UPANets with 32 base filters (the paper's UPANets32)."""
-    return UPANets(32, num_classes, blocks, img)
+    return UPANets(32, num_classes, blocks, img, head=head)
 
 
-def upanets64(num_classes: int = 10, img: int = 32, blocks: int = 1) -> UPANets:
+def upanets64(num_classes: int = 10, img: int = 32, blocks: int = 1, head: str = "exc") -> UPANets:
     """UPANets with 64 base filters (the paper's UPANets64)."""
-    return UPANets(64, num_classes, blocks, img)
+    return UPANets(64, num_classes, blocks, img, head=head)
 
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -365,18 +395,31 @@ def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]
     return clean_state_dict(checkpoint)
 
 
-def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """The ``UPANets`` arguments (filters, num_classes, blocks, img) a state dict was saved from."""
+def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int | str]:
+    """The ``UPANets`` arguments (filters, num_classes, blocks, img, head) a state dict was saved from.
+
+    Only the ExC head has weights sized by the image, so ``img`` is left out for the other heads.
+    """
     try:
         stage1_blocks = {key.split(".")[1] for key in state_dict if key.startswith("layer1.")}
-        return {
-            "filters": state_dict["root.4.weight"].shape[0],
-            "num_classes": state_dict["linear.weight"].shape[0],
-            "blocks": (len(stage1_blocks) - 1) // 4,
-            "img": math.isqrt(state_dict["spa0.sp_ffc.0.weight"].shape[1]),
-        }
-    except (KeyError, IndexError, AttributeError) as e:
+        filters = state_dict["root.4.weight"].shape[0]
+        num_classes, features = state_dict["linear.weight"].shape
+        config = {"filters": filters, "num_classes": num_classes, "blocks": (len(stage1_blocks) - 1) // 4}
+        if "spa0.sp_ffc.0.weight" in state_dict:
+            return {**config, "img": math.isqrt(state_dict["spa0.sp_ffc.0.weight"].shape[1]), "head": "exc"}
+    except (KeyError, IndexError, AttributeError, ValueError) as e:
         raise ValueError(f"not a UPANets state dict (no {e})") from None
+    heads = {31 * filters: "exc-gap", 16 * filters: "last"}
+    if features not in heads:
+        raise ValueError(f"not a UPANets state dict ({features} classifier inputs for {filters} filters)")
+    return {**config, "head": heads[features]}
+
+
+def config_repr(config: Mapping[str, Any]) -> str:
+    """``UPANets(filters=16, ...)`` for a :attr:`UPANets.config` or a :func:`describe_state_dict`; the default
+    head goes unsaid."""
+    arguments = ", ".join(f"{key}={value!r}" for key, value in config.items() if (key, value) != ("head", "exc"))
+    return f"UPANets({arguments})"
 
 
 def load_weights(
@@ -385,9 +428,21 @@ def load_weights(
     """Load weights from a path or loaded checkpoint, in this repo's or the original code's format.
 
     Files are read with ``torch.load(weights_only=True)``, which refuses pickles
-    that would run code.
+    that would run code. Weights of another configuration (size, classes or head) raise a
+    RuntimeError that names the configuration they hold.
     """
     if not isinstance(checkpoint, Mapping):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(extract_state_dict(checkpoint), strict=strict)
+    state_dict = extract_state_dict(checkpoint)
+    try:
+        model.load_state_dict(state_dict, strict=strict)
+    except RuntimeError as e:
+        try:
+            found = describe_state_dict(state_dict)
+        except ValueError:
+            raise e from None
+        if not isinstance(model, UPANets) or all(model.config[key] == value for key, value in found.items()):
+            raise
+        raise RuntimeError(f"the weights are those of {config_repr(found)}, but the model is "
+                           f"{config_repr(model.config)}; build it with the weights' arguments") from None
     return model

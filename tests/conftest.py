@@ -50,12 +50,18 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def run_script(script: str | os.PathLike, args: Sequence[str | os.PathLike], cwd: str | os.PathLike,
+               env: dict[str, str] | None = None, timeout: float = 180) -> CliResult:
+    """`python <script> *args` in `cwd` (a script of this repo: main.py, predict.py, export.py, or any path)."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / script), *map(str, args)], cwd=cwd, env=child_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
 def run_main(args: Sequence[str | os.PathLike], cwd: str | os.PathLike, env: dict[str, str] | None = None,
              timeout: float = 180) -> CliResult:
     """`python main.py *args` in `cwd`; returns (returncode, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, str(MAIN), *map(str, args)], cwd=cwd, env=child_env(env),
-                          capture_output=True, text=True, timeout=timeout)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return run_script(MAIN, args, cwd, env, timeout)
 
 
 @pytest.fixture

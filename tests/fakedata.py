@@ -73,20 +73,51 @@ def make_cifar10(root: str | Path, n_train: int = 12, n_test: int = 5, py2_str_k
                  seed: int = 0) -> FakeData:
     """<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}; n_train is spread over 5 files."""
     rng = np.random.default_rng(seed)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    fake = FakeData(*_random_split(rng, n_train, 10), *_random_split(rng, n_test, 10), classes)
+    write_cifar10(root, fake, py2_str_keys)
+    return fake
+
+
+def write_cifar10(root: str | Path, fake: FakeData, py2_str_keys: bool = True) -> None:
+    """Write 32x32 images and labels as <root>/cifar-10-batches-py, the training images spread over 5 files."""
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    (x, y), (tx, ty) = _random_split(rng, n_train, 10), _random_split(rng, n_test, 10)
-    for i, part in enumerate(np.array_split(np.arange(n_train), 5), 1):
+    (x, y), (tx, ty) = (fake.train_images, fake.train_labels), (fake.test_images, fake.test_labels)
+    for i, part in enumerate(np.array_split(np.arange(len(y)), 5), 1):
         write_cifar_pickle(folder / f"data_batch_{i}", {
             "batch_label": f"training batch {i} of 5", "labels": y[part].tolist(),
             "data": x[part].reshape(len(part), -1), "filenames": [f"img_{j}.png" for j in part]}, py2_str_keys)
     write_cifar_pickle(folder / "test_batch", {
-        "batch_label": "testing batch 1 of 1", "labels": ty.tolist(), "data": tx.reshape(n_test, -1),
-        "filenames": [f"test_{j}.png" for j in range(n_test)]}, py2_str_keys)
-    meta = {"num_cases_per_batch": 10000, "label_names": classes, "num_vis": 3072}
+        "batch_label": "testing batch 1 of 1", "labels": ty.tolist(), "data": tx.reshape(len(ty), -1),
+        "filenames": [f"test_{j}.png" for j in range(len(ty))]}, py2_str_keys)
+    meta = {"num_cases_per_batch": 10000, "label_names": list(fake.classes), "num_vis": 3072}
     write_cifar_pickle(folder / "batches.meta", meta, py2_str_keys)
-    return FakeData(x, y, tx, ty, classes)
+
+
+def digits(size: int = 32, n_train: int = 1500, seed: int = 0) -> FakeData:
+    """scikit-learn's 1,797 handwritten digit scans (8x8, 17 grey levels) as RGB images of size x size,
+    upscaled bilinearly: a real, learnable, offline image set. A seeded shuffle puts n_train in train."""
+    from sklearn.datasets import load_digits
+
+    scans = load_digits()
+    pixels = (scans.images * (255 / 16)).round().astype(np.uint8)
+    images = np.stack([np.array(Image.fromarray(p, "L").resize((size, size), Image.Resampling.BILINEAR)
+                                .convert("RGB")).transpose(2, 0, 1) for p in pixels])
+    order = np.random.default_rng(seed).permutation(len(images))
+    train, test = order[:n_train], order[n_train:]
+    labels = scans.target.astype(np.int64)
+    return FakeData(images[train], labels[train], images[test], labels[test], [str(d) for d in range(10)])
+
+
+def write_image_folder(root: str | Path, fake: FakeData) -> None:
+    """Write images as lossless PNGs in <root>/{train,val}/<class>/<index>.png."""
+    for split, images, labels in (("train", fake.train_images, fake.train_labels),
+                                  ("val", fake.test_images, fake.test_labels)):
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = Path(root) / split / fake.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.transpose(1, 2, 0), "RGB").save(folder / f"{i}.png")
 
 
 def make_cifar100(root: str | Path, n_train: int = 12, n_test: int = 5, py2_str_keys: bool = True,

@@ -22,7 +22,7 @@ from PIL import Image
 
 import data
 from conftest import REPO_ROOT, read_metrics, run_main, tiny_flags
-from fakedata import make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet
+from fakedata import digits, make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet, write_image_folder
 from models.upanets import UPANets, load_weights
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "best_acc", "lr", "epoch_seconds",
@@ -104,9 +104,11 @@ def check_run_outputs(tmp_path: Path, run: str, *, epochs: int, lr: float, class
         im.verify()
 
     args = json.loads((res_dir / "args.json").read_text())
-    metadata = {key: args.pop(key) for key in ("model_config", "data", "speed_choice")}  # beside the flags
+    metadata = {key: args.pop(key) for key in ("model_config", "data", "speed_choice", "job")}  # beside the flags
+    assert metadata["job"] is None  # names torchrun jobs only
     assert (args["epochs"], args["lr"], args["filters"], args["run_name"]) == (epochs, lr, filters, run)
-    assert metadata["model_config"] == {"filters": filters, "num_classes": classes, "blocks": 1, "img": img}
+    assert metadata["model_config"] == {"filters": filters, "num_classes": classes, "blocks": 1, "img": img,
+                                        "head": "exc"}
     assert len(metadata["data"]["classes"]) == classes and len(metadata["data"]["mean"]) == 3
 
     last, best = load_ckpt(ckpt_dir / "last.pth"), load_ckpt(ckpt_dir / "best.pth")
@@ -342,23 +344,8 @@ def test_evaluate_own_checkpoint_matches_its_last_epoch(cifar_run, run_cli):
 # ------------------------------------------------------------------------------------ it really learns
 
 
-def _write_digits_folder(root: Path) -> None:
-    """scikit-learn's 1,797 8x8 digit scans as 16x16 RGB PNGs: 1,400 train / 397 val, class folders 0..9."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = (digits.images * (255 / 16)).round().astype(np.uint8)
-    order = np.random.default_rng(0).permutation(len(digits.target))
-    for split, indices in (("train", order[:1400]), ("val", order[1400:])):
-        for i in indices:
-            folder = root / split / str(digits.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
-            image = Image.fromarray(pixels[i], "L").resize((16, 16), Image.Resampling.BILINEAR)
-            image.convert("RGB").save(folder / f"{i}.png")
-
-
 def test_learns_handwritten_digits(tmp_path, run_cli):
-    _write_digits_folder(tmp_path / "digits")
+    write_image_folder(tmp_path / "digits", digits(size=16, n_train=1400))  # 1,400 train / 397 val
     result = run_cli(["--dataset", "folder", "--data-dir", tmp_path / "digits", "--img-size", "16",
                       *tiny_flags(tmp_path, epochs=3, batch_size=32, run_name="digits")], cwd=tmp_path)
     assert_success(result)

@@ -445,9 +445,12 @@ def test_bad_data_is_rejected_and_existing_checkpoint_kept(kind, good_run, tmp_p
     (["--batch-size", "1"], "error: --batch-size must be at least 2 for training (BatchNorm needs two samples a batch)"),
     (["--seed", "-1"], "error: --seed must be >= 0, got -1"),
     (["--checkpoint-dir", "/dev/null"], "error: cannot write to /dev/null/cifar10-upanets16: "
-                                        "/dev/null is not a writable folder"),
+                                        "/dev/null is not a writable folder (not a folder)"),
+    # root passes permission checks there, yet no folder can be made
+    (["--save-path", "/proc/x"], "error: cannot write to /proc/x/cifar10-upanets16: /proc is not a writable "
+                                 "folder (No such file or directory)"),
 ], ids=["negative-epochs", "zero-batch", "filters-6", "lr-nan", "resume-missing", "evaluate-no-weights",
-        "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file"])
+        "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file", "save-path-in-proc"])
 def test_bad_flags_are_rejected_before_any_work(flags, message, tmp_path, run_cli):
     started = time.monotonic()
     # --no-download: were a check missing, the run would stop at once on the missing ./data (another error

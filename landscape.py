@@ -1,0 +1,329 @@
+"""Loss landscapes of trained UPANets around their weights, after Li et al. 2018, "Visualizing the Loss Landscape
+of Neural Nets".
+
+    python landscape.py --weights checkpoint/cifar10-upanets16/best.pth checkpoint/cifar10-upanets16-last/best.pth \\
+        --dataset cifar10 --images 500 --points 21 --span 1.0 --dims 1 --out results/landscape
+
+Each checkpoint's weights w move along a random direction d (and a second one, e, with --dims 2) to
+w + alpha * d (+ beta * e), for alpha and beta on a grid over [-span, span]. The directions are filter-normalised:
+each filter of d, the slice of a convolution or linear weight that makes one output channel (or one SPA output),
+is rescaled to the norm of the same filter in w, so a step of 1 is as large as the weights in every layer whatever
+their scale. One-dimensional parameters (BatchNorm weights, biases) stay where they are, as do BatchNorm's
+running statistics. The loss and top-1 accuracy at each point are ``engine.evaluate``'s, in eval mode and fp32,
+over a fixed seeded sample of training images without augmentation: the point at the origin is an ordinary
+evaluation of the checkpoint itself. The same command draws the same directions and images on any device,
+and gives the same numbers on the same machine.
+
+Writes OUT/landscape.csv (checkpoint, alpha[, beta], loss, accuracy; one row per checkpoint and grid point) and
+OUT/landscape.png (--dims 1: one curve per checkpoint on shared axes; --dims 2: a contour panel per checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import data
+import utils
+from checkpointing import load_checkpoint, load_model_weights
+from engine import Runtime, evaluate
+from models.upanets import HEADS, UPANets, config_repr, describe_state_dict, extract_state_dict
+from utils import TrainingError
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Loss landscapes of UPANets checkpoints (Li et al. 2018)",
+                                     add_help=add_help)
+    parser.add_argument("--weights", required=True, nargs="+", type=Path, metavar="PATH",
+                        help="checkpoints to compare (this repo's, or the original code's ckpt.pth)")
+    parser.add_argument("--dataset", "--datasets", default="cifar10", type=data.dataset_name,
+                        help=f"the data set the checkpoints were trained on: {', '.join(data.DATASETS)}")
+    parser.add_argument("--data-dir", "--data_dir", default="./data", type=Path, help="where data sets live")
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                        help="download CIFAR / Tiny ImageNet when missing")
+    parser.add_argument("--img-size", default=None, type=int,
+                        help="image size for --dataset folder/synthetic (default: the checkpoint's, else 32)")
+    parser.add_argument("--images", default=500, type=int, help="training images the loss is measured on")
+    parser.add_argument("--points", default=21, type=int, help="grid points per direction (odd: 0 is one of them)")
+    parser.add_argument("--span", default=1.0, type=float, help="the grid covers [-span, span] in each direction")
+    parser.add_argument("--dims", default=1, type=int, choices=(1, 2), help="1: a curve; 2: a surface")
+    parser.add_argument("--batch-size", default=100, type=int, help="images per evaluation batch")
+    parser.add_argument("--seed", default=0, type=int, help="seed of the directions and of the image sample")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--head", default=None, choices=HEADS,
+                        help="the head of checkpoints that do not record theirs (default: read from the weights)")
+    parser.add_argument("--filters", default=None, type=int,
+                        help="the base filters of checkpoints that do not record theirs (default: from the weights)")
+    parser.add_argument("--workers", default=4, type=int, help="processes decoding image files")
+    parser.add_argument("--out", default=Path("results/landscape"), type=Path,
+                        help="folder for landscape.csv and landscape.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject nonsense flag values before any work starts."""
+    if args.points < 3 or args.points % 2 == 0:
+        raise TrainingError(f"--points must be an odd number >= 3, so that the grid holds the checkpoint itself "
+                            f"(alpha = 0), got {args.points}")
+    if not args.span > 0 or not math.isfinite(args.span):
+        raise TrainingError(f"--span must be a positive number, got {args.span}")
+    for flag, value in {"--images": args.images, "--batch-size": args.batch_size}.items():
+        if value < 1:
+            raise TrainingError(f"{flag} must be a positive integer, got {value}")
+    if args.seed < 0:
+        raise TrainingError(f"--seed must be >= 0, got {args.seed}")
+    if args.img_size is not None and args.dataset not in ("folder", "synthetic"):
+        raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset}")
+    utils.check_writable(args.out)
+
+
+# ----------------------------------------------------------------------------- the landscape
+
+
+def grid(points: int, span: float) -> list[float]:
+    """``points`` evenly spaced values over [-span, span]; the middle one is exactly 0."""
+    # An integer numerator and a single division: the values are exact where they can be (-0.9, not -0.8999...).
+    return [span * (2 * i - (points - 1)) / (points - 1) for i in range(points)]
+
+
+def sample_images(train: data.ImageDataset | data.StreamingDataset, count: int, seed: int) -> data.ImageDataset:
+    """A seeded choice of ``count`` training images, in their order in the set, decoded into memory."""
+    if count > len(train):
+        raise data.DataError(f"--images {count} is more than the {len(train)} training images the set holds")
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    if isinstance(train, data.ImageDataset):
+        return data.ImageDataset(train.images[chosen].contiguous(), train.labels[chosen])
+    return data.ImageDataset(torch.stack([train[i][0] for i in chosen.tolist()]), train.labels[chosen])
+
+
+def filter_normalized_direction(weights: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """A Gaussian direction for ``weights`` (each at least 2-d), each filter rescaled to its weight filter's norm.
+
+    The noise is drawn on the CPU, so every device gets the same direction for a seed.
+    """
+    direction = []
+    for weight in weights:
+        d = torch.randn(weight.shape, generator=generator, dtype=weight.dtype).to(weight.device)
+        scale = weight.flatten(1).norm(dim=1) / (d.flatten(1).norm(dim=1) + 1e-10)
+        direction.append(d * scale.view(-1, *[1] * (weight.dim() - 1)))
+    return direction
+
+
+@dataclass
+class Landscape:
+    """One checkpoint's losses and accuracies (percent) on the grid: shape (points,) or (points, points)."""
+
+    path: Path
+    label: str
+    loss: np.ndarray
+    accuracy: np.ndarray
+
+
+@torch.no_grad()
+def measure(model: nn.Module, coords: Sequence[float], dims: int, seed: int, loader: data.DeviceLoader,
+            transform: data.DeviceTransform, runtime: Runtime, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate ``model`` at every grid point of ``coords`` along ``dims`` seeded filter-normalised directions."""
+    weights = [p for p in model.parameters() if p.dim() > 1]  # the 1-d ones have no filters and stay fixed
+    origin = [w.detach().clone() for w in weights]
+    generator = torch.Generator().manual_seed(seed)
+    directions = [filter_normalized_direction(origin, generator) for _ in range(dims)]
+    criterion = nn.CrossEntropyLoss()
+    loss, accuracy = np.empty((len(coords),) * dims), np.empty((len(coords),) * dims)
+    for index in itertools.product(range(len(coords)), repeat=dims):
+        for i, (weight, start) in enumerate(zip(weights, origin)):
+            weight.copy_(start)
+            for direction, k in zip(directions, index):
+                if coords[k]:  # the origin stays bit-exact
+                    weight.add_(direction[i], alpha=coords[k])
+        stats = evaluate(model, criterion, loader, transform, runtime)
+        loss[index], accuracy[index] = stats["loss"], stats["acc1"]
+        bar.update()
+    for weight, start in zip(weights, origin):
+        weight.copy_(start)
+    return loss, accuracy
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _section(checkpoint: dict[str, Any], key: str) -> dict[str, Any]:
+    value = checkpoint.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def build_model(path: Path, checkpoint: dict[str, Any], args: argparse.Namespace,
+                bundle: data.DataBundle) -> UPANets:
+    """The checkpoint's model with its weights: flags first, then its ``model_config``, then its weights' shapes."""
+    saved = _section(checkpoint, "model_config")
+    if not saved:
+        try:
+            saved = describe_state_dict(extract_state_dict(checkpoint))
+        except ValueError:
+            pass  # load_model_weights below says what the file holds instead
+    filters = args.filters if args.filters is not None else saved.get("filters", 16)
+    config = {"filters": filters, "num_classes": bundle.num_classes,
+              "blocks": saved.get("blocks", 1), "img": bundle.img_size, "head": args.head or saved.get("head", "exc")}
+    try:
+        model = UPANets(**config)
+    except ValueError as e:
+        raise TrainingError(f"{path}: {e}") from None
+    load_model_weights(model, checkpoint, path)
+    return model
+
+
+def normalization(checkpoint: dict[str, Any], bundle: data.DataBundle) -> tuple[Sequence[float], Sequence[float]]:
+    """The mean/std the checkpoint was trained with, as recorded, else as its data set has them."""
+    saved = _section(checkpoint, "data")
+    if "mean" in saved and "std" in saved:
+        return saved["mean"], saved["std"]
+    if "net" in checkpoint and bundle.name in ("cifar10", "cifar100"):
+        return data.ORIGINAL_CIFAR_NORMALIZATION  # the original code normalised both CIFARs with these
+    return bundle.mean, bundle.std
+
+
+def label(path: Path, checkpoint: dict[str, Any], head: str) -> str:
+    """``run/file (head)`` for the legend, so two heads compare at a glance."""
+    run = _section(checkpoint, "args").get("run_name")
+    return f"{run}/{path.name} ({head})" if run else f"{path} ({head})"
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def write_csv(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], dims: int) -> None:
+    with utils.atomic_write(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["checkpoint", "alpha", *(["beta"] if dims == 2 else []), "loss", "accuracy"])
+        for landscape in landscapes:
+            for index in itertools.product(range(len(coords)), repeat=dims):
+                writer.writerow([landscape.path, *(coords[k] for k in index), landscape.loss[index],
+                                 landscape.accuracy[index]])
+
+
+def plot(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], dims: int, images: int) -> None:
+    """1-d: loss (log scale) and accuracy against alpha, a curve per checkpoint; 2-d: a loss contour per checkpoint.
+
+    Non-finite losses are left out.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    if dims == 1:
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for landscape in landscapes:
+            finite = np.isfinite(landscape.loss)
+            ax_loss.plot(np.asarray(coords)[finite], landscape.loss[finite], marker=".", label=landscape.label)
+            ax_acc.plot(np.asarray(coords)[finite], landscape.accuracy[finite], marker=".", label=landscape.label)
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylabel(f"loss on {images} training images")
+        ax_acc.set_ylabel("top-1 accuracy (%)")
+        for ax in (ax_loss, ax_acc):
+            ax.set_xlabel("alpha (filter-normalised direction)")
+            ax.grid(alpha=0.3)
+        ax_loss.legend(fontsize=8)
+    else:
+        fig, axes = plt.subplots(1, len(landscapes), figsize=(5 * len(landscapes), 4.5), squeeze=False)
+        finite = np.concatenate([landscape.loss[np.isfinite(landscape.loss)] for landscape in landscapes])
+        # One set of levels for every panel, log-spaced: the basin and the far slopes both show, comparably.
+        levels = np.geomspace(max(finite.min(), 1e-6), finite.max(), 16) if finite.max() > finite.min() else None
+        for ax, landscape in zip(axes[0], landscapes):
+            surface = np.ma.masked_invalid(landscape.loss.T)  # rows: beta, columns: alpha
+            contours = ax.contour(coords, coords, surface, levels=levels, norm=LogNorm(), cmap="viridis")
+            ax.clabel(contours, fontsize=7, fmt="%.3g")
+            ax.plot(0, 0, marker="*", color="black")
+            ax.set_title(landscape.label, fontsize=9)
+            ax.set_xlabel("alpha")
+            ax.set_ylabel("beta")
+            ax.set_aspect("equal")
+    fig.suptitle(f"loss landscape (Li et al. 2018), {images} training images")
+    fig.tight_layout()
+    try:
+        with utils.atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(args: argparse.Namespace) -> list[Landscape]:
+    """Measure, write and plot the landscapes the flags ask for; return them."""
+    check_args(args)
+    device = utils.resolve_device(args.device)
+    checkpoints = {path: load_checkpoint(path) for path in args.weights}  # a bad file fails before any work
+    for path, checkpoint in checkpoints.items():
+        trained_on = _section(checkpoint, "data").get("dataset")
+        if trained_on not in (None, args.dataset):
+            raise TrainingError(f"{path} was trained on {trained_on}, not {args.dataset}; pass --dataset {trained_on}")
+    first = next(iter(checkpoints.values()))
+    img_size = args.img_size
+    if img_size is None and args.dataset in ("folder", "synthetic"):
+        img_size = _section(first, "model_config").get("img")
+    bundle = data.load_data(args.dataset, args.data_dir, download=args.download, img_size=img_size,
+                            workers=args.workers, seed=_section(first, "args").get("seed", 0))
+    models = {path: build_model(path, checkpoint, args, bundle) for path, checkpoint in checkpoints.items()}
+    sample = sample_images(bundle.train, args.images, args.seed)
+    loader = data.DeviceLoader(sample, args.batch_size, shuffle=False, device=device, workers=0)
+    runtime = Runtime(device)  # fp32, the default memory format: the origin is an ordinary fp32 evaluation
+    coords = grid(args.points, args.span)
+
+    landscapes = []
+    with tqdm(total=len(checkpoints) * args.points ** args.dims, desc="landscape", dynamic_ncols=True,
+              disable=True if args.no_progress else None) as bar:
+        for path, checkpoint in checkpoints.items():
+            model = models.pop(path).to(device)
+            transform = data.DeviceTransform(*normalization(checkpoint, bundle), device=device)
+            loss, accuracy = measure(model, coords, args.dims, args.seed, loader, transform, runtime, bar)
+            centre = (args.points // 2,) * args.dims
+            if not math.isfinite(loss[centre]):
+                raise TrainingError(f"{path}: the loss of the checkpoint itself is not finite; its weights are ruined")
+            landscapes.append(Landscape(path, label(path, checkpoint, model.head), loss, accuracy))
+            bar.write(f"{path}: {config_repr(model.config)}, loss {loss[centre]:.4f}, top-1 "
+                      f"{accuracy[centre]:.2f}% on {len(sample)} training images", file=sys.stdout)
+
+    write_csv(args.out / "landscape.csv", landscapes, coords, args.dims)
+    plot(args.out / "landscape.png", landscapes, coords, args.dims, len(sample))
+    print(f"wrote {args.out / 'landscape.csv'} and {args.out / 'landscape.png'}")
+    bad = sum(int((~np.isfinite(landscape.loss)).sum()) for landscape in landscapes)
+    if bad:
+        total = sum(landscape.loss.size for landscape in landscapes)
+        print(f"note: the loss is not finite at {bad} of {total} grid points, away from the checkpoints; "
+              "landscape.csv records them and the plot leaves them out (a smaller --span stays inside)",
+              file=sys.stderr)
+    return landscapes
+
+
+def cli(argv: Iterable[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (TrainingError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or a read-only folder, met while writing the outputs
+        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

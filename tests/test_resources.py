@@ -1,0 +1,154 @@
+"""When memory or disk runs out: one line, exit 2, and no checkpoint lost or left half-written.
+
+Full disks are small tmpfs mounts made by the test (the suite runs as root; without the right to mount,
+those tests are skipped). Memory runs out for real under an address-space limit (RLIMIT_AS) set on the
+child process, or up front where the size of the data is known before allocating.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import engine
+import main
+from conftest import MAIN, child_env, one_line_error, read_metrics, tiny_flags
+
+NO_SPACE = "No space left on device"
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_bytes: int) -> Iterator[Path]:
+    """A tmpfs of ``size_bytes`` (rounded up to pages) mounted at ``path`` for the block."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def synthetic_flags(tmp_path: Path, **overrides) -> list[str]:
+    return ["--dataset", "synthetic", "--img-size", "8", "--seed", "1",
+            *tiny_flags(tmp_path, **{"batch_size": 250, "run_name": "run", **overrides})]
+
+
+def run(flags: list, cwd: Path, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """``python main.py *flags``, optionally with its address space limited to ``limit_bytes``."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, str(MAIN), *map(str, flags)], cwd=cwd, env=child_env(),
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit if limit_bytes else None)
+
+
+# ------------------------------------------------------------------------------------------ full disk
+
+
+def checkpoint_size(tmp_path: Path) -> int:
+    """Bytes of last.pth for the synthetic_flags run (the same model, so the same size, every time)."""
+    result = run(synthetic_flags(tmp_path / "probe", epochs=1, save_path=tmp_path / "probe" / "results",
+                                 checkpoint_dir=tmp_path / "probe" / "checkpoint"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    return (tmp_path / "probe" / "checkpoint" / "run" / "last.pth").stat().st_size
+
+
+def test_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_file(tmp_path):
+    size = checkpoint_size(tmp_path)
+    with tmpfs(tmp_path / "disk", size // 2) as disk:
+        result = run(synthetic_flags(tmp_path, checkpoint_dir=disk), tmp_path)
+        error = one_line_error(result)
+        # nothing to resume from yet, so no resume hint
+        assert error == (f"error: cannot write {disk / 'run' / 'last.pth'}: {NO_SPACE}; free space or fix the "
+                         "permissions")
+        assert [p.name for p in (disk / "run").iterdir()] == []  # no temporary or partial file left behind
+
+
+def test_full_disk_at_a_later_checkpoint_keeps_the_earlier_one(tmp_path):
+    size = checkpoint_size(tmp_path)
+    # Room for epoch 1's last.pth and best.pth, not for epoch 2's new last.pth beside them.
+    with tmpfs(tmp_path / "disk", 2 * size + size // 2) as disk:
+        result = run(synthetic_flags(tmp_path, checkpoint_dir=disk, epochs=2), tmp_path)
+        error = one_line_error(result)
+        last = disk / "run" / "last.pth"
+        assert error == (f"error: cannot write {last}: {NO_SPACE}; free space or fix the permissions, then "
+                         "continue with --resume auto")
+        assert sorted(p.name for p in (disk / "run").iterdir()) == ["best.pth", "last.pth"]
+        assert last.read_bytes() == (disk / "run" / "best.pth").read_bytes()  # both written after epoch 1
+        assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
+        # epoch 2 was logged before its checkpoint failed; resuming from epoch 1 drops that row
+        assert [row["epoch"] for row in read_metrics(tmp_path / "results" / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_full_disk_for_metrics_names_the_file(tmp_path):
+    with tmpfs(tmp_path / "disk", 8192) as disk:  # two pages: args.json, and not all of epoch 1's metrics files
+        result = run(synthetic_flags(tmp_path, save_path=disk, epochs=2), tmp_path)
+        error = one_line_error(result)
+        match = re.fullmatch(rf"error: cannot write ({re.escape(str(disk / 'run'))}/\S+): {NO_SPACE}; free space "
+                             r"or fix the permissions", error)
+        assert match, error
+        assert match.group(1).rsplit("/", 1)[1] in ("metrics.jsonl", "metrics.csv", "curves.png")
+        assert not [p for p in (disk / "run").iterdir() if p.name.startswith(".")]  # no temporary files
+    # epoch 1's metrics are written before its checkpoint, so there is none to resume (and no resume hint)
+    assert not (tmp_path / "checkpoint" / "run" / "last.pth").exists()
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def test_data_too_big_for_memory_fails_before_allocating(tmp_path):
+    result = run(["--dataset", "synthetic", "--img-size", "4096", "--batch-size", "2", "--no-progress"], tmp_path)
+    error = one_line_error(result)
+    assert re.fullmatch(r"error: out of memory: the synthetic set at --img-size 4096 needs about [0-9,.]+ GiB of "
+                        r"memory, more than the [0-9,.]+ GiB available; use a smaller --img-size", error), error
+    assert "data:" not in result.stdout
+    assert not list(tmp_path.rglob("*.pth"))
+
+
+def test_out_of_memory_in_a_step_keeps_the_checkpoint(tmp_path):
+    """A real allocation failure: the address space is limited, then a resumed run asks for a huge batch."""
+    flags = ["--dataset", "synthetic", "--img-size", "64", "--seed", "1", *tiny_flags(tmp_path, run_name="run")]
+    first = run([*flags, "--batch-size", "250"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    last = tmp_path / "checkpoint" / "run" / "last.pth"
+    before = last.read_bytes()
+    # Room for Python, torch and the data, not for a batch of 2,000 64x64 images' activations.
+    result = run([*flags, "--batch-size", "2000", "--epochs", "2", "--resume", "auto"], tmp_path,
+                 limit_bytes=6 * 2**30)
+    error = one_line_error(result)
+    assert re.fullmatch(r"error: out of memory on the CPU \(a request for [0-9.]+ GiB\); use a smaller "
+                        r"--batch-size \(now 2000\), --img-size or --filters \(now 4\), then continue with "
+                        r"--resume auto", error), error
+    assert last.read_bytes() == before
+
+
+def test_gpu_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """torch.OutOfMemoryError, as the CUDA allocator raises it, from a train step (raised here on the CPU)."""
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                     "of 79.19 GiB of which 1.25 GiB is free.")
+
+    monkeypatch.setattr(engine, "train_step", out_of_memory)
+    assert main.cli([str(flag) for flag in synthetic_flags(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: out of memory on the GPU (a request for 20.00 GiB); use a smaller --batch-size (now 250), "
+        "--img-size or --filters (now 4)")
+
+
+def test_unrelated_runtime_errors_are_not_reported_as_memory(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(engine, "train_step", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main.cli([str(flag) for flag in synthetic_flags(tmp_path)])
