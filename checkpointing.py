@@ -48,16 +48,18 @@ LAST = "last.pth"
 BEST = "best.pth"
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`utils.atomic_write`: a process killed mid-write leaves the previous file intact.
+def save_checkpoint(state: dict[str, Any], *paths: str | os.PathLike) -> None:
+    """``torch.save`` to each path through :func:`utils.atomic_write`: a process killed mid-write leaves the
+    previous file intact.
 
-    The checkpoint is serialised in memory first: torch's file writer reports a full disk as a RuntimeError
-    ("unexpected pos"), while a plain write raises the OSError that names the disk's problem and the path.
+    The checkpoint is serialised in memory, once for all paths: torch's file writer reports a full disk as a
+    RuntimeError ("unexpected pos"), while a plain write raises the OSError that names the problem and the path.
     """
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with utils.atomic_write(path) as f:
-        f.write(buffer.getbuffer())
+    for path in paths:
+        with utils.atomic_write(path) as f:
+            f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -171,10 +173,7 @@ class Checkpointer:
     def save(self, epoch: int, best_acc: float, *, is_best: bool = False,
              epoch_state: EpochState | None = None) -> None:
         """Write ``last.pth`` (and ``best.pth`` when ``is_best``), each atomically."""
-        state = self.state(epoch, best_acc, epoch_state)
-        save_checkpoint(state, self.last)
-        if is_best:
-            save_checkpoint(state, self.best)
+        save_checkpoint(self.state(epoch, best_acc, epoch_state), self.last, *([self.best] if is_best else []))
 
     def restore(self, checkpoint: dict[str, Any], path: Path) -> ResumePoint:
         """Load ``checkpoint`` (read from ``path``), which :meth:`save` wrote, into the model, optimizer,

@@ -217,11 +217,9 @@ def plot(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], d
 
     Non-finite losses are left out.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+
+    plt = utils.pyplot()
 
     if dims == 1:
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))

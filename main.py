@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -488,4 +489,9 @@ def resume_hint(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    code = cli()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skips the interpreter's teardown, which frees torch's and torch._dynamo's module objects one by one:
+    # about a second on a 2-core CPU, at the end of every run, for nothing (files are closed, ranks cleaned up).
+    os._exit(code)

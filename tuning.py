@@ -33,17 +33,20 @@ from utils import DistributedContext, TrainingError
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CACHE_VERSION = 1
-# Each candidate first runs untimed steps (kernel selection, allocator and thread-pool warm-up). Then
-# ROUNDS rounds time every candidate in turn, each for at least MIN_TIMED_SECONDS (at least one step, at
-# most MAX_TIMED_STEPS), and a candidate's rate is its best round: another process that steals the CPU
-# for a moment slows one round of one candidate, not all of its rounds. Candidates below KEEP_FRACTION
-# of the best rate after a round are not timed again. One UPANets16 step at batch 100 takes about half
-# a second on a 2-core CPU, so probing four candidates there takes a few seconds.
-WARMUP_STEPS = {"cpu": 1, "cuda": 3}
-ROUNDS = 2
+# Each candidate first runs warm-up steps (kernel selection; the allocator finds its footing over the first
+# steps: one step of bf16 + channels_last UPANets16 on a 2-core CPU ran at 157, 208, then 229 images/s),
+# then is timed for at least MIN_TIMED_SECONDS (one step at least, MAX_TIMED_STEPS at most). On the CPU a
+# candidate whose first step ran below FIRST_STEP_FRACTION of the best rate timed so far cannot win (first
+# steps were at most 30% slower than later ones) and is dropped there; the candidates likely to be fast go
+# first, so that on machines where they are, the rest costs one step each. The candidates timed are timed
+# once more, in the other order, and keep their better time: another process that steals the CPU for a
+# moment, or the first seconds of a process, then decide nothing (the choice is cached for good). Probing
+# UPANets16 at batch 100 takes about 6 s on a 2-core CPU where bf16 wins, and twice that where all four
+# options are close.
+WARMUP_STEPS = {"cpu": 2, "cuda": 3}
 MIN_TIMED_SECONDS = 0.25
 MAX_TIMED_STEPS = 20
-KEEP_FRACTION = 0.75
+FIRST_STEP_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -175,20 +178,30 @@ def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.devi
 def measure(model: UPANets, options: list[tuple[str, bool]], device: torch.device, batch_size: int,
             train: bool) -> dict[str, float]:
     """Images/s of each (precision, channels_last) option, in the order given."""
-    steps = {label(*option): probe_step(model, *option, device, batch_size, train) for option in options}
-    for step in steps.values():
-        for _ in range(WARMUP_STEPS.get(device.type, 1)):
-            step()
+    steps: dict[str, Callable[[], None]] = {}  # the options timed in full
     rates: dict[str, float] = {}
-    for round_ in range(ROUNDS):
-        for name, step in steps.items():
-            if round_ and rates[name] < KEEP_FRACTION * max(rates.values()):
-                continue
-            rates[name] = max(rates.get(name, 0.0), time_steps(step, device, batch_size))
+    for option in sorted(options, key=lambda o: (o[0] == "fp32", not o[1])):  # bf16, then channels_last, first
+        name = label(*option)
+        step = probe_step(model, *option, device, batch_size, train)
+        _synchronize(device)
+        started = time.perf_counter()
+        step()
+        _synchronize(device)
+        first_rate = batch_size / (time.perf_counter() - started)
+        if device.type == "cpu" and rates and first_rate < FIRST_STEP_FRACTION * max(rates.values()):
+            rates[name] = first_rate
+            continue
+        for _ in range(WARMUP_STEPS.get(device.type, 1) - 1):
+            step()
+        steps[name] = step
+        rates[name] = time_steps(step, device, batch_size)
+    for name in reversed(list(steps)):
+        if len(steps) > 1:
+            rates[name] = max(rates[name], time_steps(steps[name], device, batch_size))
     del steps
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return rates
+    return {label(*option): rates[label(*option)] for option in options}
 
 
 # ----------------------------------------------------------------------------- the cache

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -200,6 +201,10 @@ class MetricsLogger:
             with open(self.jsonl_path) as f:
                 rows = [json.loads(line) for line in f if line.strip()]
             self.rows = [row for row in rows if row.get("epoch", math.inf) <= start_epoch]
+        # Importing pyplot takes about half a second of a 2-core CPU: done beside the first epoch, whose
+        # steps mostly run outside the GIL, rather than after it.
+        self._pyplot = threading.Thread(target=pyplot, daemon=True)
+        self._pyplot.start()
 
     def log(self, row: Mapping[str, Any]) -> None:
         self.rows.append({field: row[field] for field in METRIC_FIELDS})
@@ -216,10 +221,8 @@ class MetricsLogger:
 
     def plot(self) -> None:
         """Redraw ``curves.png`` from scratch (a new figure each time, so lines never pile up)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        self._pyplot.join()
+        plt = pyplot()
         from matplotlib.ticker import MaxNLocator
 
         epochs = [row["epoch"] for row in self.rows]
@@ -241,6 +244,16 @@ class MetricsLogger:
                 fig.savefig(f, format="png", dpi=100)
         finally:
             plt.close(fig)
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing off-screen (Agg), however the machine's display is set up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 # Each metrics.jsonl field's TensorBoard tag: the train and test curves of a quantity share a section.

@@ -43,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,7 @@ class Settings:
     pipeline_images: int
     epoch_sizes: tuple[int, int]  # generated train / test images for the epoch rows
     epoch_timeout: float  # seconds per training process
+    epoch_repeats: int  # runs of each epoch row, interleaved; the row shows their median
     compile: bool
     sections: tuple[str, ...]
     deadline: float | None  # time.perf_counter() after which rows are skipped (--time-limit)
@@ -104,6 +106,8 @@ class Result:
     value: float | None = None  # images/s, or process wall seconds for the epoch rows
     baseline: bool = False
     epoch_seconds: float | None = None  # epoch rows: the epoch's time as measured inside the process
+    tflops: float | None = None  # train rows: achieved TFLOP/s
+    compile_seconds: float | None = None  # compiled train rows: the first step's time beyond a compiled one's
     notes: str = ""
     error: str = ""
 
@@ -113,6 +117,11 @@ class Measured:
     value: float  # as Result.value
     notes: str = ""
     epoch_seconds: float | None = None
+    tflops: float | None = None
+    compile_seconds: float | None = None
+
+
+DEFAULTS_LABEL = "ours: main.py with its defaults"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +158,7 @@ def run_guarded(section: str, group: str, variant: str, measure: Callable[[], Me
     else:
         try:
             measured = measure()
-            result.value, result.notes, result.epoch_seconds = measured.value, measured.notes, measured.epoch_seconds
+            result = dataclasses.replace(result, **dataclasses.asdict(measured))
         except Exception as e:  # any failure of one row is reported in the table
             result.error = utils.one_line(e)[:300]
         gc.collect()
@@ -338,12 +347,19 @@ def measure_train(filters: int, variant: Variant, settings: Settings) -> Measure
         with original_computation():
             rate = throughput(baseline_train_step(model, optimizer, inputs, labels), settings)
     else:
-        rate = throughput(our_train_step(model, variant, device), settings)
+        step = our_train_step(model, variant, device)
+        if variant.compile:  # the first call compiles (and captures CUDA graphs): timed on its own
+            started = time.perf_counter()
+            step()
+            synchronize(device)
+            first_step = time.perf_counter() - started
+        rate = throughput(step, settings)
     tflops = train_flops_per_image(filters) * rate / 1e12
     peak = peak_bf16_tflops(device)
+    compile_seconds = first_step - BATCH / rate if variant.compile else None
     notes = [f"{tflops:.3g} TFLOP/s" + (f" ({100 * tflops / peak:.1f}% of bf16 peak)" if peak else ""),
-             weights_note(model)]
-    return Measured(rate, "; ".join(n for n in notes if n))
+             f"compiling took {compile_seconds:.0f} s" if variant.compile else "", weights_note(model)]
+    return Measured(rate, "; ".join(n for n in notes if n), tflops=tflops, compile_seconds=compile_seconds)
 
 
 def main_default_variant(label: str, filters: int, settings: Settings, train: bool = True,
@@ -514,7 +530,7 @@ def measure_main_epoch(filters: int, data_dir: Path, settings: Settings, extra: 
     with tempfile.TemporaryDirectory(prefix="upanets-bench-") as tmp:
         wall, _ = run_process([sys.executable, "main.py", "--data-dir", str(data_dir),
                                "--epochs", str(epochs(settings)), "--no-progress", "--filters", str(filters),
-                               "--device", settings.device.type, "--amp", "auto", "--run-name", "bench",
+                               "--device", settings.device.type, "--run-name", "bench",
                                "--checkpoint-dir", f"{tmp}/checkpoint", "--save-path", f"{tmp}/results", *extra],
                               settings)
         return last_epoch(Path(tmp) / "results" / "bench", wall)
@@ -528,6 +544,38 @@ def measure_baseline_epoch(filters: int, data_dir: Path, settings: Settings) -> 
         return last_epoch(Path(tmp), wall)
 
 
+def epoch_variants(filters: int, data_dir: Path, settings: Settings) -> list[tuple[str, Callable[[], Measured], bool]]:
+    """(name, measurement, is baseline) of every epoch row: the baseline, main.py's defaults, and main.py with
+    each precision and layout given explicitly, so that the defaults' choice can be judged."""
+    device = settings.device.type
+    # Measured (or read from the cache) here first, so that main.py's defaults run as a second run would.
+    default = main_default_variant(DEFAULTS_LABEL, filters, settings)
+    variants = [
+        ("baseline: benchmarks/baseline_train.py (fp32, PIL, num_workers=0)",
+         lambda: measure_baseline_epoch(filters, data_dir, settings), True),
+        (default.name, lambda: measure_main_epoch(filters, data_dir, settings), False),
+    ]
+    for amp, channels_last in tuning.candidates("auto", None, settings.device):
+        flags = ("--amp", "off" if amp == "fp32" else amp, "--channels-last" if channels_last else "--no-channels-last")
+        variants.append((f"ours: main.py {' '.join(flags)}",
+                         lambda flags=flags: measure_main_epoch(filters, data_dir, settings, flags), False))
+    if settings.compile:
+        variants.append((f"ours: main.py --compile (device {device})",
+                         lambda: measure_main_epoch(filters, data_dir, settings, ("--compile",)), False))
+    return variants
+
+
+def median_result(runs: list[Result]) -> Result:
+    """One row from repeated runs of a variant: the median wall time and epoch time of those that finished."""
+    done = [r for r in runs if not r.error]
+    if not done:
+        return runs[0]
+    median = sorted(done, key=lambda r: r.value)[(len(done) - 1) // 2]
+    epoch_seconds = statistics.median(r.epoch_seconds for r in done)
+    notes = median.notes + (f"; median of {len(done)} runs" if len(runs) > 1 else "")
+    return dataclasses.replace(median, epoch_seconds=epoch_seconds, notes=notes)
+
+
 def epoch_rows(settings: Settings) -> list[Result]:
     n_train, n_test = settings.epoch_sizes
     results = []
@@ -536,16 +584,12 @@ def epoch_rows(settings: Settings) -> list[Result]:
         make_cifar10(data_dir, n_train, n_test)  # Python 2 pickles, as the official files
         for filters in settings.models:
             group = f"UPANets{filters}, {n_train:,}/{n_test:,} images"
-            results.append(run_guarded(
-                "epoch", group, "baseline: benchmarks/baseline_train.py (fp32, PIL, num_workers=0)",
-                lambda f=filters: measure_baseline_epoch(f, data_dir, settings), settings, baseline=True))
-            results.append(run_guarded(
-                "epoch", group, f"ours: main.py --amp auto --device {settings.device.type}",
-                lambda f=filters: measure_main_epoch(f, data_dir, settings), settings))
-            if settings.compile:
-                results.append(run_guarded(
-                    "epoch", group, f"ours: main.py --amp auto --device {settings.device.type} --compile",
-                    lambda f=filters: measure_main_epoch(f, data_dir, settings, ("--compile",)), settings))
+            variants = epoch_variants(filters, data_dir, settings)
+            runs: dict[str, list[Result]] = {name: [] for name, _, _ in variants}
+            for _ in range(settings.epoch_repeats):  # interleaved: a slow spell of the machine hits every row alike
+                for name, measure, baseline in variants:
+                    runs[name].append(run_guarded("epoch", group, name, measure, settings, baseline))
+            results += [median_result(rows) for rows in runs.values()]
     return results
 
 
@@ -682,6 +726,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         timeout = args.epoch_timeout
     return Settings(device=device, models=models, steps=steps, warmup=warmup, row_seconds=row_seconds,
                     pipeline_images=2_000 if quick else 10_000, epoch_sizes=epoch_sizes, epoch_timeout=timeout,
+                    epoch_repeats=args.epoch_repeats,
                     compile=args.compile, sections=args.sections,
                     deadline=None if args.time_limit is None else time.perf_counter() + args.time_limit)
 
@@ -709,6 +754,12 @@ def positive_seconds(value: str) -> float:
     return seconds
 
 
+def positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def parse_sections(value: str) -> tuple[str, ...]:
     sections = tuple(value.split(","))
     unknown = [name for name in sections if name not in SECTIONS]
@@ -731,6 +782,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epoch-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                         help="time limit of each training process in the epoch rows (default: 300 s on the CPU, "
                         "120 s on CUDA, less with --quick)")
+    parser.add_argument("--epoch-repeats", type=positive_int, default=1, metavar="N",
+                        help="run each epoch row N times, interleaved, and show the median (default 1)")
     parser.add_argument("--compile", action="store_true",
                         help="add torch.compile rows, as main.py --compile runs, to the train and epoch tables")
     parser.add_argument("--time-limit", type=positive_seconds, default=None, metavar="SECONDS",
@@ -765,9 +818,34 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         settings_json = {**dataclasses.asdict(settings), "device": str(settings.device), "time_limit": args.time_limit}
         del settings_json["deadline"]
-        args.json.write_text(json.dumps({"machine": info, "settings": settings_json, "numerics": numerics,
+        args.json.write_text(json.dumps({"summary": key_figures(results, settings), "machine": info,
+                                         "settings": settings_json, "numerics": numerics,
                                          "results": [dataclasses.asdict(r) for r in results], "run": summary},
                                         indent=2) + "\n")
+
+
+def key_figures(results: list[Result], settings: Settings) -> dict[str, Any]:
+    """The headline numbers of a run: each model's steady-state epoch speed-up (the baseline's last-epoch time
+    over main.py's defaults'), UPANets64's best train-step TFLOP/s against the bf16 peak, the compile time."""
+    def done(section: str, prefix: str) -> list[Result]:
+        return [r for r in results if r.section == section and r.group.startswith(prefix) and not r.error]
+
+    figures: dict[str, Any] = {
+        "gpu": torch.cuda.get_device_name(settings.device) if settings.device.type == "cuda" else None,
+        "torch": torch.__version__,
+    }
+    for filters in (16, 64):
+        rows = done("epoch", f"UPANets{filters},")
+        base = next((r for r in rows if r.baseline), None)
+        ours = next((r for r in rows if r.variant.startswith(DEFAULTS_LABEL)), None)
+        figures[f"upanets{filters}_epoch_speedup"] = (
+            base.epoch_seconds / ours.epoch_seconds if base and ours else None)
+    tflops = [r.tflops for r in done("train", "UPANets64") if not r.baseline and r.tflops]
+    figures["upanets64_tflops"] = max(tflops, default=None)
+    figures["bf16_peak_tflops"] = peak_bf16_tflops(settings.device)
+    compiles = [r.compile_seconds for r in done("train", "UPANets") if r.compile_seconds is not None]
+    figures["compile_seconds"] = max(compiles, default=None)
+    return figures
 
 
 if __name__ == "__main__":

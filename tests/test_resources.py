@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import data
 import engine
 import main
 from conftest import MAIN, child_env, one_line_error, read_metrics, tiny_flags
+from fakedata import make_image_folder
 
 NO_SPACE = "No space left on device"
 
@@ -55,16 +57,17 @@ def run(flags: list, cwd: Path, limit_bytes: int | None = None) -> subprocess.Co
 # ------------------------------------------------------------------------------------------ full disk
 
 
-def checkpoint_size(tmp_path: Path) -> int:
+@pytest.fixture(scope="module")
+def checkpoint_size(tmp_path_factory) -> int:
     """Bytes of last.pth for the synthetic_flags run (the same model, so the same size, every time)."""
-    result = run(synthetic_flags(tmp_path / "probe", epochs=1, save_path=tmp_path / "probe" / "results",
-                                 checkpoint_dir=tmp_path / "probe" / "checkpoint"), tmp_path)
+    root = tmp_path_factory.mktemp("size")
+    result = run(synthetic_flags(root, epochs=1), root)
     assert result.returncode == 0, result.stderr
-    return (tmp_path / "probe" / "checkpoint" / "run" / "last.pth").stat().st_size
+    return (root / "checkpoint" / "run" / "last.pth").stat().st_size
 
 
-def test_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_file(tmp_path):
-    size = checkpoint_size(tmp_path)
+def test_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_file(tmp_path, checkpoint_size):
+    size = checkpoint_size
     with tmpfs(tmp_path / "disk", size // 2) as disk:
         result = run(synthetic_flags(tmp_path, checkpoint_dir=disk), tmp_path)
         error = one_line_error(result)
@@ -74,8 +77,8 @@ def test_full_disk_at_the_first_checkpoint_is_one_line_and_leaves_no_file(tmp_pa
         assert [p.name for p in (disk / "run").iterdir()] == []  # no temporary or partial file left behind
 
 
-def test_full_disk_at_a_later_checkpoint_keeps_the_earlier_one(tmp_path):
-    size = checkpoint_size(tmp_path)
+def test_full_disk_at_a_later_checkpoint_keeps_the_earlier_one(tmp_path, checkpoint_size):
+    size = checkpoint_size
     # Room for epoch 1's last.pth and best.pth, not for epoch 2's new last.pth beside them.
     with tmpfs(tmp_path / "disk", 2 * size + size // 2) as disk:
         result = run(synthetic_flags(tmp_path, checkpoint_dir=disk, epochs=2), tmp_path)
@@ -103,6 +106,31 @@ def test_full_disk_for_metrics_names_the_file(tmp_path):
     assert not (tmp_path / "checkpoint" / "run" / "last.pth").exists()
 
 
+def test_full_disk_for_the_image_cache_is_an_error(tmp_path):
+    """The decoded-image cache is written beside the data; a full disk there stops the run (its own files would
+    meet it next), while a data folder that is only read-only trains on without the cache (test_data.py)."""
+    with tmpfs(tmp_path / "disk", 48 * 4096) as disk:  # the 32 PNGs (a page each), not their 96 KiB cache
+        make_image_folder(disk, classes=("cat", "dog"), per_class=8, size=32)
+        result = run(["--dataset", "folder", "--data-dir", disk, "--img-size", "32",
+                      *tiny_flags(tmp_path, run_name="run")], tmp_path)
+        error = one_line_error(result)
+        match = re.fullmatch(rf"error: cannot write ({re.escape(str(disk))}/\.upanets_cache_(train|val)_32\.pt): "
+                             rf"{NO_SPACE}; free space or fix the permissions", error)
+        assert match, error
+        assert not Path(match.group(1)).exists()  # no partial cache ...
+        assert not list(disk.glob("*.tmp")) and not list(disk.glob(".*.tmp"))  # ... and no temporary file
+
+
+def test_read_only_data_folder_trains_without_the_cache(tmp_path):
+    with tmpfs(tmp_path / "disk", 2**20) as disk:
+        fake = make_image_folder(disk, classes=("cat", "dog"), per_class=3, size=16)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.warns(UserWarning, match=rf"cannot write cache {re.escape(str(disk))}/\.upanets_cache_train_16"):
+            bundle = data.load_data("folder", disk, img_size=16, workers=0)
+        assert torch.equal(bundle.train.images, torch.from_numpy(fake.train_images))
+        assert not [p.name for p in disk.iterdir() if p.name.startswith(".")]
+
+
 # ---------------------------------------------------------------------------------------------- memory
 
 
@@ -116,15 +144,17 @@ def test_data_too_big_for_memory_fails_before_allocating(tmp_path):
 
 
 def test_out_of_memory_in_a_step_keeps_the_checkpoint(tmp_path):
-    """A real allocation failure: the address space is limited, then a resumed run asks for a huge batch."""
-    flags = ["--dataset", "synthetic", "--img-size", "64", "--seed", "1", *tiny_flags(tmp_path, run_name="run")]
-    first = run([*flags, "--batch-size", "250"], tmp_path)
+    """A real allocation failure: a run resumed with a huge batch under a limited address space."""
+    # The checkpoint comes from a quick epoch on a few images of the same size (the model is all that must match).
+    make_image_folder(tmp_path / "few", classes=[str(c) for c in range(10)], per_class=2, size=64)
+    first = run(["--dataset", "folder", "--data-dir", tmp_path / "few", "--img-size", "64",
+                 *tiny_flags(tmp_path, run_name="run")], tmp_path)
     assert first.returncode == 0, first.stderr
     last = tmp_path / "checkpoint" / "run" / "last.pth"
     before = last.read_bytes()
-    # Room for Python, torch and the data, not for a batch of 2,000 64x64 images' activations.
-    result = run([*flags, "--batch-size", "2000", "--epochs", "2", "--resume", "auto"], tmp_path,
-                 limit_bytes=6 * 2**30)
+    # Room for Python, torch and the data, not for the activations of a batch of 2,000 64x64 images.
+    result = run(["--dataset", "synthetic", "--img-size", "64", "--resume", "auto",
+                  *tiny_flags(tmp_path, run_name="run", epochs=2, batch_size=2000)], tmp_path, limit_bytes=6 * 2**30)
     error = one_line_error(result)
     assert re.fullmatch(r"error: out of memory on the CPU \(a request for [0-9.]+ GiB\); use a smaller "
                         r"--batch-size \(now 2000\), --img-size or --filters \(now 4\), then continue with "

@@ -61,8 +61,9 @@ def test_the_fastest_option_wins_and_is_cached(cache_home, fake_timing):
     choice = choose()
     assert (choice.amp, choice.channels_last, choice.source) == ("bf16", True, "measured")
     assert choice.rates == RATES and choice.amp_dtype is torch.bfloat16
-    # two rounds; the fp32 options, below 3/4 of the best after the first, are not timed again
-    assert fake_timing == [*RATES, "bf16", "bf16 + channels_last"]
+    # the likely-fast options first, then a second round in the other order
+    order = ["bf16 + channels_last", "bf16", "fp32 + channels_last", "fp32"]
+    assert fake_timing == [*order, *reversed(order)]
     cache = json.loads((cache_home / "upanets" / "speed.json").read_text())
     assert cache["version"] == tuning.CACHE_VERSION and list(cache["entries"].values()) == [RATES]
     key = json.loads(next(iter(cache["entries"])))
@@ -74,6 +75,35 @@ def test_the_fastest_option_wins_and_is_cached(cache_home, fake_timing):
     assert (again.amp, again.channels_last, again.source, again.rates) == ("bf16", True, "cache", RATES)
     assert fake_timing == []  # the second run measures nothing
     assert choose(batch_size=50).source == "measured"  # another batch size is another entry
+
+
+def test_an_option_whose_first_step_runs_at_under_half_the_best_is_not_timed(cache_home, monkeypatch):
+    """On the CPU a first step is at most about 30% slower than later ones: one at half the best rate cannot win."""
+    rates = {"bf16 + channels_last": 400.0, "bf16": 300.0, "fp32 + channels_last": 300.0, "fp32": 100.0}
+    timed = []
+
+    def probe_step(model, amp, channels_last, device, batch_size, train):
+        name = tuning.label(amp, channels_last)
+
+        def step() -> None:  # a step takes time in inverse proportion to the option's rate
+            time.sleep(0.004 * rates["bf16 + channels_last"] / rates[name])
+
+        step.option = name
+        return step
+
+    real_time_steps = tuning.time_steps
+
+    def time_steps(step, device, batch_size):
+        timed.append(step.option)
+        return real_time_steps(step, device, batch_size)
+
+    monkeypatch.setattr(tuning, "probe_step", probe_step)
+    monkeypatch.setattr(tuning, "time_steps", time_steps)
+    monkeypatch.setattr(tuning, "MIN_TIMED_SECONDS", 0.02)
+    choice = choose()
+    assert choice.label == "bf16 + channels_last"
+    assert "fp32" not in timed and set(timed) == {"bf16 + channels_last", "bf16", "fp32 + channels_last"}
+    assert choice.rates["fp32"] < 0.5 * choice.rates["bf16 + channels_last"]  # its first step's rate
 
 
 def test_flags_that_fix_both_measure_nothing(cache_home, fake_timing):
