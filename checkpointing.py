@@ -209,6 +209,30 @@ class Checkpointer:
 
 # ----------------------------------------------------------------------------- inference
 
+
+def saved_model_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The UPANets arguments a checkpoint was saved from: its ``model_config``, else what its weights' shapes
+    say (no ``img`` for heads whose weights do not depend on it)."""
+    config = checkpoint.get("model_config")
+    if isinstance(config, dict):
+        return dict(config)
+    try:
+        return describe_state_dict(extract_state_dict(checkpoint))
+    except ValueError:
+        raise TrainingError(f"{path} does not hold UPANets weights") from None
+
+
+def saved_normalization(checkpoint: dict[str, Any], dataset: str | None) -> tuple[Sequence[float], ...] | None:
+    """(mean, std) that a checkpoint's inputs were normalised with, when the checkpoint tells: its recorded
+    ones, or for the original code's CIFAR checkpoints that code's single CIFAR mean/std; else None."""
+    saved = checkpoint.get("data") if isinstance(checkpoint.get("data"), dict) else {}
+    if saved.get("mean") is not None and saved.get("std") is not None:
+        return saved["mean"], saved["std"]
+    if "net" in checkpoint and dataset in ("cifar10", "cifar100"):
+        # The original code normalised both CIFARs with one mean/std: its weights expect those inputs.
+        return data.ORIGINAL_CIFAR_NORMALIZATION
+    return None
+
 # What the original code trained, by (classes, image size): its checkpoints hold nothing else to go by.
 _ORIGINAL_CODE_DATASETS = {(10, 32): "cifar10", (100, 32): "cifar100", (200, 64): "tiny-imagenet"}
 
@@ -259,13 +283,7 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
     """
     path = Path(path)
     checkpoint = load_checkpoint(path)
-    config = checkpoint.get("model_config")
-    if not isinstance(config, dict):
-        try:
-            config = describe_state_dict(extract_state_dict(checkpoint))
-        except ValueError:
-            raise TrainingError(f"{path} does not hold UPANets weights") from None
-    config = dict(config)
+    config = saved_model_config(checkpoint, path)
     if "img" not in config:  # only the ExC head's weights are sized by the image
         if img_size is None:
             raise TrainingError(f"{path} does not say which image size its model takes; pass --img-size")
@@ -296,10 +314,7 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
             warnings.append(f"{path} is the original code's checkpoint of a {num_classes}-class model for "
                             f"{model.img}x{model.img} images: taking it for {dataset} (pass --dataset otherwise)")
     names = list(classes) if classes is not None else saved.get("classes")
-    mean, std = saved.get("mean"), saved.get("std")
-    if original and mean is None and dataset in ("cifar10", "cifar100"):
-        # The original code normalised both CIFARs with one mean/std: its weights expect those inputs.
-        mean, std = data.ORIGINAL_CIFAR_NORMALIZATION
+    mean, std = saved_normalization(checkpoint, dataset) or (None, None)
     if dataset is not None and (names is None or mean is None):
         try:
             info = data.dataset_info(dataset, data_dir, img_size=model.img, seed=args.get("seed", 0))

@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils import atomic_write, one_line
+from utils import TrainingError, atomic_write, one_line
 
 DATASETS = ("cifar10", "cifar100", "tiny-imagenet", "folder", "synthetic")
 ORIGINAL_DATASET_NAMES = {"cifar_10": "cifar10", "cifar_100": "cifar100", "tiny_imgnet": "tiny-imagenet"}
@@ -51,7 +51,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 MEMORY_FRACTION = 0.5
 
 
-class DataError(Exception):
+class DataError(TrainingError):
     """A data set is missing or malformed; the message names the file and what to do."""
 
 
@@ -78,7 +78,7 @@ class StreamingDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return _read_image(self.files[i], self.img_size), self.labels[i]
+        return read_image(self.files[i], self.img_size), self.labels[i]
 
 
 @dataclass
@@ -343,8 +343,12 @@ def _list_images(folder: Path) -> list[Path]:
     return files
 
 
-def _read_image(path: Path, img_size: int) -> Tensor:
-    """Decode one image file to uint8 (3, img_size, img_size), converting to RGB and resizing if needed."""
+def read_image(path: str | os.PathLike, img_size: int) -> Tensor:
+    """Decode one image file to uint8 (3, img_size, img_size): RGB, resized bilinearly if needed.
+
+    How the image-file sets read their images, and predict.py its inputs. Raises DataError for a file that
+    cannot be decoded.
+    """
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")  # some Tiny ImageNet images are grayscale
@@ -354,14 +358,6 @@ def _read_image(path: Path, img_size: int) -> Tensor:
     except Exception as e:  # PIL reports damaged files as OSError, SyntaxError, EOFError, struct.error, ...
         raise DataError(f"cannot read image {path} ({one_line(e)}); replace or delete it") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def read_image(path: str | os.PathLike, img_size: int) -> Tensor:
-    """One image file as the image-file sets read it, for inference: RGB, resized, uint8 (3, img_size, img_size).
-
-    Raises DataError for a file that cannot be decoded.
-    """
-    return _read_image(Path(path), img_size)
 
 
 def _image_split(root: Path, split: str, files: list[Path], labels: list[int], img_size: int,

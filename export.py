@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-import data
 import utils
 from checkpointing import InferenceSpec
 from predict import add_checkpoint_args, load_spec
@@ -119,18 +118,7 @@ def main(args: argparse.Namespace) -> None:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (TrainingError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # writing the file: a full disk or a read-only folder
-        print(f"error: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return utils.run_cli(lambda: main(args), memory_remedy="export on a machine with more memory")
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 import data
 import utils
-from checkpointing import load_checkpoint, load_model_weights
+from checkpointing import load_checkpoint, load_model_weights, saved_model_config, saved_normalization
 from engine import Runtime, evaluate
-from models.upanets import HEADS, UPANets, config_repr, describe_state_dict, extract_state_dict
+from models.upanets import HEADS, UPANets, config_repr
 from utils import TrainingError
 
 
@@ -165,32 +165,17 @@ def _section(checkpoint: dict[str, Any], key: str) -> dict[str, Any]:
 
 def build_model(path: Path, checkpoint: dict[str, Any], args: argparse.Namespace,
                 bundle: data.DataBundle) -> UPANets:
-    """The checkpoint's model with its weights: flags first, then its ``model_config``, then its weights' shapes."""
-    saved = _section(checkpoint, "model_config")
-    if not saved:
-        try:
-            saved = describe_state_dict(extract_state_dict(checkpoint))
-        except ValueError:
-            pass  # load_model_weights below says what the file holds instead
-    filters = args.filters if args.filters is not None else saved.get("filters", 16)
-    config = {"filters": filters, "num_classes": bundle.num_classes,
-              "blocks": saved.get("blocks", 1), "img": bundle.img_size, "head": args.head or saved.get("head", "exc")}
+    """The checkpoint's model with its weights, for the data set's classes and images; --head and --filters,
+    when given, must be what the checkpoint holds."""
+    saved = saved_model_config(checkpoint, path)
+    config = {**saved, "num_classes": bundle.num_classes, "img": bundle.img_size}
+    config.update({key: value for key, value in (("filters", args.filters), ("head", args.head)) if value is not None})
     try:
         model = UPANets(**config)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise TrainingError(f"{path}: {e}") from None
     load_model_weights(model, checkpoint, path)
     return model
-
-
-def normalization(checkpoint: dict[str, Any], bundle: data.DataBundle) -> tuple[Sequence[float], Sequence[float]]:
-    """The mean/std the checkpoint was trained with, as recorded, else as its data set has them."""
-    saved = _section(checkpoint, "data")
-    if "mean" in saved and "std" in saved:
-        return saved["mean"], saved["std"]
-    if "net" in checkpoint and bundle.name in ("cifar10", "cifar100"):
-        return data.ORIGINAL_CIFAR_NORMALIZATION  # the original code normalised both CIFARs with these
-    return bundle.mean, bundle.std
 
 
 def label(path: Path, checkpoint: dict[str, Any], head: str) -> str:
@@ -286,7 +271,8 @@ def main(args: argparse.Namespace) -> list[Landscape]:
               disable=True if args.no_progress else None) as bar:
         for path, checkpoint in checkpoints.items():
             model = models.pop(path).to(device)
-            transform = data.DeviceTransform(*normalization(checkpoint, bundle), device=device)
+            normalization = saved_normalization(checkpoint, bundle.name) or (bundle.mean, bundle.std)
+            transform = data.DeviceTransform(*normalization, device=device)
             loss, accuracy = measure(model, coords, args.dims, args.seed, loader, transform, runtime, bar)
             centre = (args.points // 2,) * args.dims
             if not math.isfinite(loss[centre]):
@@ -309,18 +295,8 @@ def main(args: argparse.Namespace) -> list[Landscape]:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (TrainingError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk or a read-only folder, met while writing the outputs
-        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return utils.run_cli(lambda: main(args) and None,
+                         memory_remedy="use a smaller --batch-size, or fewer --images for a streamed set")
 
 
 if __name__ == "__main__":

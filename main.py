@@ -24,7 +24,7 @@ import torch.nn as nn
 import data
 import tuning
 import utils
-from checkpointing import Checkpointer, ResumePoint, load_checkpoint, load_model_weights
+from checkpointing import Checkpointer, ResumePoint, load_checkpoint, load_model_weights, saved_normalization
 from engine import EpochState, Runtime, StopRequest, Stopped, Trainer, agree_across_ranks, evaluate, train_one_epoch
 from models.upanets import HEADS, UPANets, check_config
 from utils import DistributedContext, TrainingError
@@ -231,7 +231,7 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: di
 def compile_if_asked(model: nn.Module, args: argparse.Namespace, runtime: Runtime) -> nn.Module:
     if not args.compile:
         return model
-    return utils.compile_model(model, runtime.device, distributed=runtime.context.enabled)
+    return utils.compile_model(model, runtime.device, args.batch_size, distributed=runtime.context.enabled)
 
 
 # ----------------------------------------------------------------------------- evaluate only
@@ -241,10 +241,11 @@ def evaluate_weights(args: argparse.Namespace, run: Run, checkpoint: dict[str, A
     """``--evaluate``: the test loss and accuracy of ``--weights`` (loaded as ``checkpoint``)."""
     load_model_weights(run.model, checkpoint, args.weights)
     transform = run.test_transform
-    if "net" in checkpoint and args.dataset in ("cifar10", "cifar100"):
-        # The original code normalised both CIFARs with one mean/std: its weights expect those inputs.
-        run.runtime.context.print0("original code's checkpoint: normalising with its CIFAR mean/std")
-        transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=run.runtime.device)
+    normalization = saved_normalization(checkpoint, args.dataset)
+    if normalization is not None:  # as the weights were trained: the original code's CIFAR statistics, say
+        if "net" in checkpoint:
+            run.runtime.context.print0("original code's checkpoint: normalising with its CIFAR mean/std")
+        transform = data.DeviceTransform(*normalization, device=run.runtime.device)
     model = compile_if_asked(run.model, args, run.runtime)
     stats = evaluate(model, run.criterion, run.test_loader, transform, run.runtime)
     run.runtime.context.print0(
@@ -434,7 +435,7 @@ def main(args: argparse.Namespace) -> nn.Module:
     except Exception as e:
         # Shared before this process's exit breaks the others' collectives, so that they end with its message;
         # a collective of this process that broke because another one failed first ends with that one's.
-        own = str(e) if isinstance(e, (TrainingError, data.DataError)) else utils.one_line(e)
+        own = str(e) if isinstance(e, TrainingError) else utils.one_line(e)
         first = utils.share_failure(context, own)
         if first is not None and isinstance(e, RuntimeError):
             raise TrainingError(first) from None
@@ -447,27 +448,11 @@ def main(args: argparse.Namespace) -> nn.Module:
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        main(args)
+        return utils.run_cli(lambda: main(args) and None, memory_remedy=memory_remedy(args),
+                             after_failure=lambda: resume_hint(args))
     except Stopped as e:
         print(e, file=sys.stderr)
         return e.exit_code
-    except (TrainingError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk or a read-only folder, met while saving or logging
-        print(f"error: cannot write {e.filename or 'a file'}: {e.strerror or e}; free space or fix the "
-              f"permissions{resume_hint(args)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (RuntimeError, MemoryError) as e:
-        out_of_memory = utils.describe_out_of_memory(e)
-        if out_of_memory is None:
-            raise
-        print(f"error: {out_of_memory}; {memory_remedy(args)}{resume_hint(args)}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def memory_remedy(args: argparse.Namespace) -> str:

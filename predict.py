@@ -219,18 +219,7 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        skipped = main(args)
-    except (TrainingError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # writing --csv: a full disk or a read-only folder
-        print(f"error: cannot write {e.filename or args.csv}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 1 if skipped else 0
+    return utils.run_cli(lambda: 1 if main(args) else 0, memory_remedy="use a smaller --batch-size")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ import math
 import os
 import random
 import re
+import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,33 @@ import torch.distributed as dist
 
 class TrainingError(Exception):
     """A problem the user can fix (bad checkpoint, bad flag value, ...), with a one-line message."""
+
+
+def run_cli(run: Callable[[], int | None], *, memory_remedy: str,
+            after_failure: Callable[[], str] = lambda: "") -> int:
+    """A script's exit code: ``run()``'s (None for 0), or 2 with one line on stderr for what the user can fix.
+
+    That is a TrainingError (DataError included), a failed write (a full disk, a read-only folder), or
+    memory running out, which ``memory_remedy`` says how to avoid; ``after_failure`` may add how to go on
+    (e.g. a resume hint), asked for once the failure has happened.
+    """
+    try:
+        return run() or 0
+    except TrainingError as e:
+        message = str(e)
+    except OSError as e:
+        message = (f"cannot write {e.filename or 'a file'}: {e.strerror or e}; free space or fix the "
+                   f"permissions{after_failure()}")
+    except (RuntimeError, MemoryError) as e:
+        out_of_memory = describe_out_of_memory(e)
+        if out_of_memory is None:
+            raise
+        message = f"{out_of_memory}; {memory_remedy}{after_failure()}"
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def describe_out_of_memory(error: BaseException) -> str | None:
@@ -313,14 +341,32 @@ def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
 # ----------------------------------------------------------------------------- compilation
 
 
-def compile_model(model: torch.nn.Module, device: torch.device, distributed: bool = False) -> torch.nn.Module:
-    """``torch.compile`` as ``main.py --compile`` applies it.
+def compile_model(model: torch.nn.Module, device: torch.device, batch_size: int,
+                  distributed: bool = False) -> torch.nn.Module:
+    """``torch.compile`` as ``main.py --compile`` applies it, for batches of ``batch_size`` images.
 
     At batch 100 a GPU step is bound by kernel launches, which CUDA graphs ("reduce-overhead")
     remove; under DDP the gradient all-reduce hooks stay outside graphs, so it keeps the default mode.
+    Batches of another size run eagerly (see :class:`CompiledForBatch`).
     """
     mode = "reduce-overhead" if device.type == "cuda" and not distributed else None
-    return torch.compile(model, mode=mode)
+    return CompiledForBatch(model, torch.compile(model, mode=mode), batch_size)
+
+
+class CompiledForBatch(torch.nn.Module):
+    """``compiled`` for batches of ``batch_size`` images, the eager ``model`` (the same parameters) for others.
+
+    An epoch's last batch is usually smaller: compiling (and capturing CUDA graphs) again for its shape, in
+    training and in evaluation, cost more than that one step eager, and made a compiled epoch take minutes.
+    Train and eval mode still compile once each.
+    """
+
+    def __init__(self, model: torch.nn.Module, compiled: torch.nn.Module, batch_size: int) -> None:
+        super().__init__()
+        self.model, self.compiled, self.batch_size = model, compiled, batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.compiled if x.shape[0] == self.batch_size else self.model)(x)
 
 
 # ----------------------------------------------------------------------------- model figures

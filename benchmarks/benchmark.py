@@ -331,7 +331,7 @@ def our_train_step(model: nn.Module, variant: Variant, device: torch.device) -> 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=variant.amp == torch.float16)
     augment = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True)
-    net = utils.compile_model(model, device) if variant.compile else model
+    net = utils.compile_model(model, device, BATCH) if variant.compile else model
     trainer = engine.Trainer(net.train(), nn.CrossEntropyLoss(), optimizer, scaler, augment)
     images, labels = make_uint8_batch(device)
     state = engine.EpochState.zeros(device)

@@ -249,7 +249,7 @@ def test_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
         raise AssertionError(f"decoded {path} although the cache is valid")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_read_image", no_decoding)
+        m.setattr(data, "read_image", no_decoding)
         second = load_data("folder", tmp_path, workers=0)
     assert torch.equal(second.train.images, first.train.images)
     assert torch.equal(second.train.labels, first.train.labels)

@@ -36,6 +36,8 @@ import main
 out = sys.argv[1]
 model = main.main(main.get_args_parser().parse_args(sys.argv[2:]))
 state = {{key: value.detach().cpu().clone() for key, value in model.state_dict().items()}}
+# the memory layout this rank trained in: rank 0 measured it and every rank must use its choice
+state["channels_last"] = torch.tensor(model.root[0].weight.is_contiguous(memory_format=torch.channels_last))
 torch.save(state, os.path.join(out, "rank" + os.environ["RANK"] + ".pth"))
 """
 
@@ -151,7 +153,11 @@ def test_ranks_end_with_identical_weights(cifar21, tmp_path):
     assert_exit_0(result)
     rank0 = torch.load(tmp_path / "ranks" / "rank0.pth", weights_only=True)
     rank1 = torch.load(tmp_path / "ranks" / "rank1.pth", weights_only=True)
-    saved = torch.load(tmp_path / "checkpoint" / RUN / "last.pth", map_location="cpu", weights_only=True)["model"]
+    checkpoint = torch.load(tmp_path / "checkpoint" / RUN / "last.pth", map_location="cpu", weights_only=True)
+    saved = checkpoint["model"]
+    layouts = rank0.pop("channels_last"), rank1.pop("channels_last")
+    assert bool(layouts[0]) == bool(layouts[1]) == checkpoint["speed_choice"]["channels_last"]
+    assert result.stdout.count("speed: ") == 1  # measured (or recalled) once, by rank 0
     assert list(rank0) == list(rank1) == list(saved)
     for key in rank0:  # parameters (DDP all-reduces gradients) and BatchNorm buffers (running statistics) alike
         assert torch.equal(rank0[key], rank1[key]), key
