@@ -200,3 +200,20 @@ def test_tensorboard_is_imported_only_when_asked_for():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=child_env(), capture_output=True,
                           text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc
+
+
+def test_landscape_direction_is_filter_normalised():
+    """Every filter (output channel) of the direction has the norm of the same filter of the weight, whatever the
+    weights' scale; a zero filter stays zero; the same seed gives the same direction."""
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(6, 4, 3, 3, generator=g) * 10, torch.randn(5, 7, generator=g) * 0.01,
+               torch.randn(3, 16, generator=g)]
+    weights[0][2] = 0
+    direction = landscape.filter_normalized_direction(weights, torch.Generator().manual_seed(1))
+    for weight, d in zip(weights, direction):
+        assert d.shape == weight.shape and d.dtype == weight.dtype
+        torch.testing.assert_close(d.flatten(1).norm(dim=1), weight.flatten(1).norm(dim=1), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(d, weight)  # a random direction, not the weights themselves
+    assert torch.count_nonzero(direction[0][2]) == 0
+    again = landscape.filter_normalized_direction(weights, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(direction, again))

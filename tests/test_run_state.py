@@ -1,0 +1,131 @@
+"""What a run keeps and drops when it resumes or restarts, and flags that reach the layers below. All in-process,
+in about a second each.
+
+* utils.MetricsLogger drops the rows past the epoch a run resumes from;
+* main.py --stream reaches data.load_data, so image-file sets are streamed rather than held in memory;
+* utils.init_distributed passes --dist-timeout to the process group (collectives), not only to the rendezvous;
+* a mid-epoch checkpoint replays its epoch only for the same processes, batch size and seed (else restarts it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import data
+import main
+import utils
+from checkpointing import Checkpointer, load_checkpoint
+from conftest import read_metrics, tiny_flags
+from engine import EpochState, Runtime, Trainer
+from fakedata import make_image_folder
+from models.upanets import UPANets
+
+
+def _row(epoch: int, train_loss: float) -> dict:
+    return {**{field: 1.0 for field in utils.METRIC_FIELDS}, "epoch": epoch, "train_loss": train_loss}
+
+
+def test_metrics_logger_drops_rows_past_the_resumed_epoch(tmp_path):
+    """A run that logged epoch 3 but crashed before its checkpoint resumes from epoch 2: the stale row 3 goes,
+    the new one takes its place (in metrics.jsonl and metrics.csv); a fresh start (start_epoch 0) keeps nothing."""
+    stale = [_row(epoch, 9.0) for epoch in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in stale))
+    utils.MetricsLogger(tmp_path, start_epoch=2).log(_row(3, 0.5))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(row["epoch"], row["train_loss"]) for row in rows] == [(1, 9.0), (2, 9.0), (3, 0.5)]
+    csv_epochs = [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    assert csv_epochs == ["1", "2", "3"]
+
+    utils.MetricsLogger(tmp_path, start_epoch=0).log(_row(1, 0.25))
+    assert [(row["epoch"], row["train_loss"]) for row in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 0.25)]
+
+
+class _Loaded(Exception):
+    """Stops main.main once the data is loaded: what follows is not under test."""
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "in-memory"])
+def test_stream_flag_streams_image_files(stream, tmp_path, monkeypatch):
+    """--stream gives a streamed training set (decoded from disk every epoch); without it a small set is held in
+    memory. Checked on the set main.py loads, before any training."""
+    make_image_folder(tmp_path / "data", per_class=4, val_per_class=2, size=8)
+    load_data, loaded = data.load_data, []
+
+    def recording_load_data(*args, **kwargs):
+        loaded.append(load_data(*args, **kwargs))
+        raise _Loaded
+
+    monkeypatch.setattr(data, "load_data", recording_load_data)
+    flags = ["--dataset", "folder", "--data-dir", tmp_path / "data", "--img-size", "8", "--device", "cpu",
+             *tiny_flags(tmp_path), *(["--stream"] if stream else [])]
+    with pytest.raises(_Loaded):
+        main.main(main.get_args_parser().parse_args([str(flag) for flag in flags]))
+    expected = data.StreamingDataset if stream else data.ImageDataset
+    assert isinstance(loaded[0].train, expected) and isinstance(loaded[0].test, expected)
+
+
+def test_init_distributed_passes_the_timeout_to_the_process_group(monkeypatch):
+    """--dist-timeout bounds the collectives too (init_process_group's timeout), not only joining the group:
+    without it a rank whose peer died waits torch's default 30 minutes in its next all-reduce."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    store, calls = dist.HashStore(), {}
+
+    def rendezvous(url, timeout):
+        calls["rendezvous"] = timeout
+        yield store, 0, 2
+
+    monkeypatch.setattr(dist, "rendezvous", rendezvous)
+    monkeypatch.setattr(utils, "_fresh_store", lambda store, context, timeout: calls.update(store=timeout) or store)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.update(group=kwargs))
+    context = utils.init_distributed("cpu", timeout=7)
+    limit = timedelta(seconds=7)
+    assert calls["rendezvous"] == calls["store"] == limit
+    assert calls["group"].get("timeout") == limit and calls["group"]["backend"] == "gloo"
+    assert (context.rank, context.world_size, context.store) == (0, 2, store) and context.job
+
+
+def _checkpointer(folder, world_size: int, batch_size: int = 8, seed: int = 0) -> Checkpointer:
+    model = UPANets(4, 10, 1, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    augment = data.DeviceTransform((0.5,) * 3, (0.25,) * 3, device="cpu", pad=1, flip=True)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), augment)
+    runtime = Runtime(torch.device("cpu"), context=utils.DistributedContext(world_size=world_size))
+    return Checkpointer(folder, model, trainer, scheduler, argparse.Namespace(batch_size=batch_size, seed=seed),
+                        runtime, {})
+
+
+@pytest.mark.parametrize("saved_world, resumed_world, batch_size, seed, replays", [
+    (1, 1, 8, 0, True),
+    (2, 1, 8, 0, False),  # torchrun's batches and augmentation streams are not one process's
+    (1, 2, 8, 0, False),
+    (1, 1, 16, 0, False),
+    (1, 1, 8, 1, False),
+], ids=["same", "ddp-to-single", "single-to-ddp", "other-batch-size", "other-seed"])
+def test_mid_epoch_checkpoint_replays_only_the_same_batches(saved_world, resumed_world, batch_size, seed, replays,
+                                                             tmp_path):
+    """Checkpointer.restore continues inside the epoch (its step, sums and augmentation RNG) only when the
+    resumed run would draw the same batches; otherwise it resumes at the start of that epoch."""
+    saver = _checkpointer(tmp_path, saved_world)
+    state = EpochState.zeros(torch.device("cpu"))
+    state.step = 3
+    state.seen += 24
+    saver.trainer.augment.generator.manual_seed(123)
+    saver.save(0, -1.0, epoch_state=state)
+    resumer = _checkpointer(tmp_path, resumed_world, batch_size, seed)
+    point = resumer.restore(load_checkpoint(saver.last), saver.last)
+    assert point.epoch == 0
+    if replays:
+        assert point.epoch_state is not None and point.epoch_state.step == 3 and int(point.epoch_state.seen) == 24
+        assert torch.equal(resumer.trainer.augment.generator.get_state(), saver.trainer.augment.generator.get_state())
+    else:
+        assert point.epoch_state is None
