@@ -210,6 +210,13 @@ class Checkpointer:
 # ----------------------------------------------------------------------------- inference
 
 
+def section(checkpoint: dict[str, Any], key: str) -> dict[str, Any]:
+    """A checkpoint's ``key`` entry (args, data, model_config, ...) when it is a dict, else an empty one: older
+    checkpoints and the original code's lack most of them."""
+    value = checkpoint.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def saved_model_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     """The UPANets arguments a checkpoint was saved from: its ``model_config``, else what its weights' shapes
     say (no ``img`` for heads whose weights do not depend on it)."""
@@ -225,7 +232,7 @@ def saved_model_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]
 def saved_normalization(checkpoint: dict[str, Any], dataset: str | None) -> tuple[Sequence[float], ...] | None:
     """(mean, std) that a checkpoint's inputs were normalised with, when the checkpoint tells: its recorded
     ones, or for the original code's CIFAR checkpoints that code's single CIFAR mean/std; else None."""
-    saved = checkpoint.get("data") if isinstance(checkpoint.get("data"), dict) else {}
+    saved = section(checkpoint, "data")
     if saved.get("mean") is not None and saved.get("std") is not None:
         return saved["mean"], saved["std"]
     if "net" in checkpoint and dataset in ("cifar10", "cifar100"):
@@ -299,8 +306,7 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
     model.eval()
 
     num_classes, warnings = model.num_classes, []
-    saved = checkpoint.get("data") if isinstance(checkpoint.get("data"), dict) else {}
-    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    saved, args = section(checkpoint, "data"), section(checkpoint, "args")
     original = "net" in checkpoint
     named = dataset is not None
     if classes is not None and len(classes) != num_classes:

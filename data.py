@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from utils import TrainingError, atomic_write, one_line
+from utils import TrainingError, WriteError, atomic_write, one_line
 
 DATASETS = ("cifar10", "cifar100", "tiny-imagenet", "folder", "synthetic")
 ORIGINAL_DATASET_NAMES = {"cifar_10": "cifar10", "cifar_100": "cifar100", "tiny_imgnet": "tiny-imagenet"}
@@ -127,11 +127,11 @@ def load_data(
             raise ValueError(f"{name} images are 32x32; img_size={img_size} is not supported")
         return _load_cifar(_CIFAR[name], name, data_dir, download)
     if name == "tiny-imagenet":
-        return _load_tiny_imagenet(data_dir, download, img_size or 64, in_memory, workers)
+        return _load_tiny_imagenet(data_dir, download, 64 if img_size is None else img_size, in_memory, workers)
     if name == "folder":
-        return _load_folder(data_dir, img_size or 32, in_memory, workers)
+        return _load_folder(data_dir, 32 if img_size is None else img_size, in_memory, workers)
     if name == "synthetic":
-        img_size = img_size or 32
+        img_size = 32 if img_size is None else img_size
         # Building it takes about 16 bytes per pixel value (float32 colour, noise and their sum).
         _require_memory(f"the synthetic set at --img-size {img_size}", 16 * 2000 * 3 * img_size**2,
                         "use a smaller --img-size")
@@ -436,7 +436,7 @@ def _write_cache(path: Path, key: str, data: ImageDataset) -> None:
         else:
             disk_full = shutil.disk_usage(path.parent).free < data.images.numel()
         if disk_full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+            raise WriteError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
         warnings.warn(f"cannot write cache {path} ({one_line(e)}); images will be decoded again next time",
                       stacklevel=2)
 

@@ -87,7 +87,8 @@ class EpochState:
         self.step += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen.cpu(), "step": self.step}
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen.cpu(),
+                "step": self.step}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> EpochState:
@@ -175,32 +176,30 @@ def train_one_epoch(trainer: Trainer, loader: data.DeviceLoader, state: EpochSta
     """
     trainer.model.train()
     context = runtime.context
-    bar = tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1} train", disable=not runtime.progress,
-               leave=False, dynamic_ncols=True)
-    for images, labels in loader.iter_from(state.step):
-        train_step(trainer, images, labels, state, runtime)
-        bar.update()
+    with tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1} train", disable=not runtime.progress,
+              leave=False, dynamic_ncols=True) as bar:
+        for images, labels in loader.iter_from(state.step):
+            train_step(trainer, images, labels, state, runtime)
+            bar.update()
 
-        at_sync = state.step % SYNC_EVERY == 0 or state.step == len(loader)
-        # A single process may stop at any step; under torchrun the ranks check in together at sync points.
-        if at_sync or (stop.signum is not None and not context.enabled):
-            bad_step = int(state.first_bad_step)
-            stopping, any_bad = agree_across_ranks(stop, bad_step >= 0, context)
-            if any_bad:  # checked before a stop saves: never a checkpoint of weights a non-finite loss ruined
-                where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
-                raise TrainingError(
-                    f"training loss became non-finite at epoch {epoch + 1}, {where}; stopped without "
-                    "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
-                )
-            if at_sync:
-                bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen.item():.3f}",
-                                acc=f"{100 * state.correct.item() / state.seen.item():.2f}%")
-                if on_sync is not None:
-                    on_sync(state)
-            if stopping and state.step < len(loader):
-                bar.close()
-                return False
-    bar.close()
+            at_sync = state.step % SYNC_EVERY == 0 or state.step == len(loader)
+            # A single process may stop at any step; under torchrun the ranks check in together at sync points.
+            if at_sync or (stop.signum is not None and not context.enabled):
+                bad_step = int(state.first_bad_step)
+                stopping, any_bad = agree_across_ranks(stop, bad_step >= 0, context)
+                if any_bad:  # checked before a stop saves: never a checkpoint of weights a non-finite loss ruined
+                    where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
+                    raise TrainingError(
+                        f"training loss became non-finite at epoch {epoch + 1}, {where}; stopped without "
+                        "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
+                    )
+                if at_sync:
+                    bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen.item():.3f}",
+                                    acc=f"{100 * state.correct.item() / state.seen.item():.2f}%")
+                    if on_sync is not None:
+                        on_sync(state)
+                if stopping and state.step < len(loader):
+                    return False
     return True
 
 

@@ -113,6 +113,7 @@ def main(args: argparse.Namespace) -> None:
     out = args.out or args.weights.with_suffix(FORMATS[args.format])
     utils.check_writable(out.parent)
     spec = load_spec(args)
+    spec.normalization()  # the file records the inputs it takes: a checkpoint that does not say needs --dataset
     print(export(spec, args.format, out, batch))
 
 

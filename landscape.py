@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import data
 import utils
-from checkpointing import load_checkpoint, load_model_weights, saved_model_config, saved_normalization
+from checkpointing import load_checkpoint, load_model_weights, saved_model_config, saved_normalization, section
 from engine import Runtime, evaluate
 from models.upanets import HEADS, UPANets, config_repr
 from utils import TrainingError
@@ -84,8 +84,14 @@ def check_args(args: argparse.Namespace) -> None:
             raise TrainingError(f"{flag} must be a positive integer, got {value}")
     if args.seed < 0:
         raise TrainingError(f"--seed must be >= 0, got {args.seed}")
-    if args.img_size is not None and args.dataset not in ("folder", "synthetic"):
-        raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset}")
+    if args.workers < 0:
+        raise TrainingError(f"--workers must be >= 0, got {args.workers}")
+    if args.img_size is not None:
+        if args.dataset not in ("folder", "synthetic"):
+            raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset}")
+        if args.img_size < 8:  # before any image is decoded at that size
+            raise TrainingError(f"--img-size must be >= 8 (the last stage is img // 8 pixels wide), "
+                                f"got {args.img_size}")
     utils.check_writable(args.out)
 
 
@@ -158,11 +164,6 @@ def measure(model: nn.Module, coords: Sequence[float], dims: int, seed: int, loa
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _section(checkpoint: dict[str, Any], key: str) -> dict[str, Any]:
-    value = checkpoint.get(key)
-    return value if isinstance(value, dict) else {}
-
-
 def build_model(path: Path, checkpoint: dict[str, Any], args: argparse.Namespace,
                 bundle: data.DataBundle) -> UPANets:
     """The checkpoint's model with its weights, for the data set's classes and images; --head and --filters,
@@ -180,7 +181,7 @@ def build_model(path: Path, checkpoint: dict[str, Any], args: argparse.Namespace
 
 def label(path: Path, checkpoint: dict[str, Any], head: str) -> str:
     """``run/file (head)`` for the legend, so two heads compare at a glance."""
-    run = _section(checkpoint, "args").get("run_name")
+    run = section(checkpoint, "args").get("run_name")
     return f"{run}/{path.name} ({head})" if run else f"{path} ({head})"
 
 
@@ -251,15 +252,15 @@ def main(args: argparse.Namespace) -> list[Landscape]:
     device = utils.resolve_device(args.device)
     checkpoints = {path: load_checkpoint(path) for path in args.weights}  # a bad file fails before any work
     for path, checkpoint in checkpoints.items():
-        trained_on = _section(checkpoint, "data").get("dataset")
+        trained_on = section(checkpoint, "data").get("dataset")
         if trained_on not in (None, args.dataset):
             raise TrainingError(f"{path} was trained on {trained_on}, not {args.dataset}; pass --dataset {trained_on}")
     first = next(iter(checkpoints.values()))
     img_size = args.img_size
     if img_size is None and args.dataset in ("folder", "synthetic"):
-        img_size = _section(first, "model_config").get("img")
+        img_size = section(first, "model_config").get("img")
     bundle = data.load_data(args.dataset, args.data_dir, download=args.download, img_size=img_size,
-                            workers=args.workers, seed=_section(first, "args").get("seed", 0))
+                            workers=args.workers, seed=section(first, "args").get("seed", 0))
     models = {path: build_model(path, checkpoint, args, bundle) for path, checkpoint in checkpoints.items()}
     sample = sample_images(bundle.train, args.images, args.seed)
     loader = data.DeviceLoader(sample, args.batch_size, shuffle=False, device=device, workers=0)
@@ -295,8 +296,10 @@ def main(args: argparse.Namespace) -> list[Landscape]:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return utils.run_cli(lambda: main(args) and None,
-                         memory_remedy="use a smaller --batch-size, or fewer --images for a streamed set")
+    def run() -> None:
+        main(args)
+
+    return utils.run_cli(run, memory_remedy="use a smaller --batch-size, or fewer --images for a streamed set")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -58,11 +59,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seed", default=0, type=int, help="seed for initialisation, shuffling and augmentation")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                        help="mixed precision: auto = bf16 on GPUs that support it (else fp16 with grad scaling) "
-                        "and on CPUs with AMX; fp32 elsewhere")
+                        help="mixed precision: auto = whichever of fp32 and bf16 (fp16 with grad scaling on GPUs "
+                        "without bf16) trains fastest here, measured once and cached (tuning.py)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels_last memory format (default: on for CPUs, where it ran faster, "
-                        "off for GPUs, where it was slower for UPANets at batch 100 on an H200)")
+                        help="channels_last memory format (default: whichever layout trains fastest here, measured "
+                        "with --amp)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (with CUDA graphs on a single GPU)")
     parser.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm under torchrun")
@@ -75,7 +76,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--evaluate", action="store_true", help="only evaluate --weights on the test set")
     parser.add_argument("--weights", default=None, type=Path,
                         help="weights for --evaluate: this repo's checkpoints or the original code's ckpt.pth")
-    parser.add_argument("--checkpoint-dir", default="./checkpoint", type=Path, help="checkpoints go in <dir>/<run-name>/")
+    parser.add_argument("--checkpoint-dir", default="./checkpoint", type=Path,
+                        help="checkpoints go in <dir>/<run-name>/")
     parser.add_argument("--save-path", "--save_path", default="./results", type=Path,
                         help="metrics, curves and args go in <save-path>/<run-name>/")
     parser.add_argument("--run-name", default=None,
@@ -108,7 +110,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset}")
     try:
         # Classes and (for most sets) image size come with the data; check what the flags fix now.
-        check_config(args.filters, 1, args.blocks, args.img_size or 32)
+        check_config(args.filters, 1, args.blocks, 32 if args.img_size is None else args.img_size)
     except ValueError as e:
         flag_names = {"UPANets filters": "--filters", "UPANets blocks": "--blocks", "UPANets img": "--img-size"}
         message = str(e)
@@ -152,20 +154,22 @@ class RunFolders:
         """Check the folders can be written and pick the checkpoint to resume, before any data is loaded.
 
         Refuses to clobber an existing run that is not being resumed. A group that torchrun restarted after a
-        failure resumes the run's own last.pth whatever --resume says, since it holds the progress made before
-        the crash (with --overwrite, only a last.pth that this torchrun job wrote); without one, it starts as
-        the first start did.
+        failure resumes the last.pth that this torchrun job wrote, whatever --resume and --overwrite say, since
+        it holds the progress made before the crash; without one, it starts as the first start did.
         """
         checkpoints, results = args.checkpoint_dir / args.run_name, args.save_path / args.run_name
         for folder in (checkpoints, results):
             utils.check_writable(folder)
         last = checkpoints / "last.pth"
-        if context.restart > 0 and last.is_file() and (
-                not args.overwrite or load_checkpoint(last).get("job") == context.job):
+        restarted = context.restart > 0
+        if restarted and last.is_file() and _of_this_job(load_checkpoint(last), context):
             return cls(checkpoints, results, last)
         if args.resume is None:
+            # A restart before the first checkpoint finds what its own first start wrote (args.json, a metrics
+            # row): no other run's files.
+            own_files = restarted and _of_this_job(_read_json(results / "args.json"), context)
             for existing in (last, results / "metrics.jsonl"):
-                if existing.exists() and not args.overwrite:
+                if existing.exists() and not args.overwrite and not own_files:
                     raise TrainingError(
                         f"run '{args.run_name}' already exists ({existing}); pass --resume auto to continue it, "
                         "--overwrite to start it over, or choose another --run-name"
@@ -175,6 +179,19 @@ class RunFolders:
         if not path.is_file():
             raise TrainingError(f"--resume {args.resume}: no checkpoint at {path}")
         return cls(checkpoints, results, path)
+
+
+def _of_this_job(record: Any, context: DistributedContext) -> bool:
+    """Whether a checkpoint or args.json (a dict with "job") was written by this torchrun job."""
+    return context.job is not None and isinstance(record, dict) and record.get("job") == context.job
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None if it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -448,8 +465,10 @@ def main(args: argparse.Namespace) -> nn.Module:
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        return utils.run_cli(lambda: main(args) and None, memory_remedy=memory_remedy(args),
-                             after_failure=lambda: resume_hint(args))
+        def run() -> None:
+            main(args)
+
+        return utils.run_cli(run, memory_remedy=memory_remedy(args), after_failure=lambda: resume_hint(args))
     except Stopped as e:
         print(e, file=sys.stderr)
         return e.exit_code
@@ -458,7 +477,7 @@ def cli(argv: Iterable[str] | None = None) -> int:
 def memory_remedy(args: argparse.Namespace) -> str:
     """The flags that shrink what a run holds in memory."""
     flags = [f"--batch-size (now {args.batch_size})", f"--filters (now {args.filters})"]
-    if args.dataset in ("folder", "synthetic", "tiny-imagenet"):
+    if args.dataset in ("folder", "synthetic"):  # the sets whose image size is a flag
         flags.insert(1, "--img-size")
     remedy = f"use a smaller {', '.join(flags[:-1])} or {flags[-1]}"
     if args.dataset in ("folder", "tiny-imagenet") and not args.stream:

@@ -85,7 +85,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def find_images(paths: Iterable[Path]) -> list[Path]:
+def find_images(paths: Sequence[Path]) -> list[Path]:
     """The files named, and the images (data.IMG_EXTENSIONS) under the folders named, each folder's sorted."""
     files: list[Path] = []
     for path in paths:

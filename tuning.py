@@ -3,10 +3,11 @@
 As ``torch.backends.cudnn.benchmark`` does for kernels, ``--amp auto`` and an unset ``--channels-last``
 are decided by timing a few steps of the model being trained, at the run's batch size and thread count,
 for each candidate: fp32, and bf16 where the device has it (fp16 with grad scaling on GPUs without bf16),
-each in NCHW and in channels_last. Which one wins differs between machines of the same kind (bf16 ran
-2.2x faster than fp32 on one 2-core AMD EPYC, slower on an Intel Xeon without AMX), so nothing is
-guessed from CPU flags. Results are cached per machine in ``$XDG_CACHE_HOME/upanets/speed.json``
-(default ``~/.cache``): only the first run with a given model, batch size and thread count pays.
+each in NCHW and in channels_last. Which one wins differs between machines of the same kind (bf16 with
+channels_last trained about twice as fast as fp32 on a 2-core AMD EPYC, bf16 was slower than fp32 on an
+Intel Xeon without AMX), so nothing is guessed from CPU flags. Results are cached per machine in
+``$XDG_CACHE_HOME/upanets/speed.json`` (default ``~/.cache``): only the first run with a given model, batch
+size and thread count pays.
 """
 from __future__ import annotations
 
@@ -142,8 +143,9 @@ def _synchronize(device: torch.device) -> None:
 
 
 def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.device, batch_size: int,
-               train: bool) -> Callable[[], None]:
-    """The run's step (engine.train_step or engine.eval_step) on a copy of ``model`` and a random uint8 batch.
+               train: bool, compile: bool = False) -> Callable[[], None]:
+    """The run's step (engine.train_step or engine.eval_step) on a copy of ``model`` and a random uint8 batch,
+    through ``utils.compile_model`` with ``compile``. The benchmark times its rows with it too.
 
     Nothing here draws from the global RNGs, so a run gives the same results whether it measured or not.
     """
@@ -151,9 +153,10 @@ def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.devi
     images = torch.randint(0, 256, (batch_size, 3, model.img, model.img), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, model.num_classes, (batch_size,), generator=generator)
     images, labels = images.to(device), labels.to(device)
-    net = copy.deepcopy(model).to(device)
+    bare = copy.deepcopy(model).to(device)
     if channels_last:
-        net.to(memory_format=torch.channels_last)
+        bare.to(memory_format=torch.channels_last)
+    net = utils.compile_model(bare, device, batch_size) if compile else bare
     runtime = engine.Runtime(device, amp_dtype=AMP_DTYPES[amp], channels_last=channels_last)
     criterion = nn.CrossEntropyLoss()
     normalize = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device=device)
@@ -167,7 +170,7 @@ def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.devi
             engine.eval_step(net, criterion, images, labels, transform, sums, runtime)
 
         return step
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(bare.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     augment = data.DeviceTransform(**normalize, pad=model.img // 8, flip=True)
     trainer = engine.Trainer(net.train(), criterion, optimizer, scaler, augment)
@@ -195,8 +198,8 @@ def measure(model: UPANets, options: list[tuple[str, bool]], device: torch.devic
             step()
         steps[name] = step
         rates[name] = time_steps(step, device, batch_size)
-    for name in reversed(list(steps)):
-        if len(steps) > 1:
+    if len(steps) > 1:
+        for name in reversed(list(steps)):
             rates[name] = max(rates[name], time_steps(steps[name], device, batch_size))
     del steps
     if device.type == "cuda":
@@ -214,7 +217,7 @@ def cache_path() -> Path:
 
 def cache_key(model: UPANets, device: torch.device, batch_size: int, train: bool) -> str:
     return json.dumps({"device": device_name(device), "torch": torch.__version__, "step": "train" if train else "eval",
-                       "model": [model.filters, model.num_classes, model.blocks, model.img],
+                       "model": model.config,
                        "batch_size": batch_size, "threads": torch.get_num_threads()}, sort_keys=True)
 
 

@@ -34,17 +34,19 @@ def run_cli(run: Callable[[], int | None], *, memory_remedy: str,
             after_failure: Callable[[], str] = lambda: "") -> int:
     """A script's exit code: ``run()``'s (None for 0), or 2 with one line on stderr for what the user can fix.
 
-    That is a TrainingError (DataError included), a failed write (a full disk, a read-only folder), or
-    memory running out, which ``memory_remedy`` says how to avoid; ``after_failure`` may add how to go on
-    (e.g. a resume hint), asked for once the failure has happened.
+    That is a TrainingError (DataError included), a failed write (a full disk, a read-only folder), another
+    file error, or memory running out, which ``memory_remedy`` says how to avoid; ``after_failure`` may add
+    how to go on (e.g. a resume hint), asked for once the failure has happened.
     """
     try:
         return run() or 0
     except TrainingError as e:
         message = str(e)
-    except OSError as e:
-        message = (f"cannot write {e.filename or 'a file'}: {e.strerror or e}; free space or fix the "
-                   f"permissions{after_failure()}")
+    except WriteError as e:
+        message = (f"cannot write {e.filename}: {e.strerror}; free space or fix the permissions"
+                   f"{after_failure()}")
+    except OSError as e:  # reading: a folder or file that cannot be listed or opened
+        message = f"cannot use {e.filename or 'a file'}: {e.strerror or e}{after_failure()}"
     except (RuntimeError, MemoryError) as e:
         out_of_memory = describe_out_of_memory(e)
         if out_of_memory is None:
@@ -92,14 +94,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     The data goes to a uniquely named temporary file in the same folder, which is flushed, fsynced and
     renamed over ``path``: readers see the old file or the new one, never a mix. If the block raises,
     the temporary file is removed and ``path`` keeps its bytes; temporary files left by a killed writer
-    are removed by the next write of the same path. OS errors (a full disk, a read-only folder) are
-    raised as OSErrors that name ``path``.
+    are removed by a later write of the same path once they are an hour old (a younger one may be another
+    process's write in progress). OS errors (a full disk, a read-only folder) are raised as WriteErrors
+    that name ``path``.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < time.time() - 3600:
+                    stale.unlink()
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _naming(e, path) from None
@@ -117,10 +122,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def _naming(error: OSError, path: Path) -> OSError:
-    """``error`` with ``path`` as its file name (a write to a full disk reports none); OSError's
-    constructor picks the subclass (PermissionError, ...) from the errno."""
-    return OSError(error.errno, error.strerror or str(error), str(path))
+class WriteError(OSError):
+    """Writing a file failed (a full disk, a read-only folder); ``filename`` is the file, ``strerror`` why."""
+
+
+def _naming(error: OSError, path: Path) -> WriteError:
+    """``error`` as a WriteError naming ``path`` (a write to a full disk reports no file name)."""
+    return WriteError(error.errno, error.strerror or str(error), str(path))
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -401,7 +409,7 @@ class DistributedContext:
     local_rank: int = 0
     restart: int = 0  # how many times torchrun has restarted the group (--max-restarts) before this start
     store: dist.Store | None = None  # the store of this start of the group, when distributed
-    job: str | None = None  # names the torchrun job, the same in every start of the group; None when not distributed
+    job: str | None = None  # names the torchrun job, the same in every start of the group; None outside torchrun
 
     @property
     def enabled(self) -> bool:
@@ -442,11 +450,14 @@ def init_distributed(device_type: str, timeout: float = 300) -> DistributedConte
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistributedContext()
+    # One process has no store to name its job in; torchrun's run id names it, unless left at "none".
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     context = DistributedContext(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        job=None if run_id in (None, "none") else run_id,
     )
     if context.world_size > 1:
         if device_type == "cuda":

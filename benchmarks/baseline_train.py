@@ -8,8 +8,8 @@ torchvision-style CIFAR-10 Dataset that hands PIL images to RandomCrop(32, paddi
 RandomHorizontalFlip + ToTensor + Normalize, DataLoaders with num_workers=0, fp32 in NCHW,
 SGD(lr 0.1, momentum 0.9, weight decay 5e-4) with per-epoch cosine annealing, host syncs every step
 (loss.item(), correct.sum().item()), a test pass after every epoch, a {'net', 'acc', 'epoch'} checkpoint
-when the accuracy improves, and per-epoch metrics with a loss/accuracy plot. (DataParallel, which the original wraps around the
-model on CUDA, does nothing on one GPU and is left out.)
+when the accuracy improves, and per-epoch metrics with a loss/accuracy plot. (DataParallel, which the
+original wraps around the model on CUDA, does nothing on one GPU and is left out.)
 
 The model is this repo's UPANets computed the original way, see :func:`original_computation`. Each
 epoch's metrics go to <save-path>/metrics.jsonl as main.py writes them (epoch_seconds: the time of its

@@ -1,6 +1,6 @@
 """Speed of this repo's fast paths against the original UPANets recipe, as markdown tables.
 
-    python benchmarks/benchmark.py --device cpu                 # UPANets16 on the CPU (~2 min on 2 cores)
+    python benchmarks/benchmark.py --device cpu                 # UPANets16 on the CPU (~5 min on 2 cores)
     python benchmarks/benchmark.py --device cuda --time-limit 230 --json bench.json   # UPANets16 and 64
     python benchmarks/benchmark.py --quick --sections train,eval,data   # smoke run: no training processes
     python benchmarks/benchmark.py --device cuda --sections epoch --compile --epoch-timeout 400
@@ -57,7 +57,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
 
 import data  # noqa: E402  (needs the repo root on sys.path)
-import engine  # noqa: E402
 import tuning  # noqa: E402
 import utils  # noqa: E402
 from baseline_train import PilImages, original_computation, train_transform  # noqa: E402
@@ -128,7 +127,7 @@ DEFAULTS_LABEL = "ours: main.py with its defaults"
 @dataclasses.dataclass(frozen=True)
 class Variant:
     name: str
-    amp: torch.dtype | None = None
+    amp: str = "fp32"  # as tuning.AMP_DTYPES names it
     channels_last: bool = False
     compile: bool = False
     baseline: bool = False
@@ -209,12 +208,6 @@ def make_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     inputs = torch.randn(BATCH, 3, IMG, IMG, generator=generator).to(device)
     labels = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator).to(device)
     return inputs, labels
-
-
-def make_uint8_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A uint8 image batch, as main.py's DeviceLoader hands it to the step, and its labels."""
-    images, labels = random_cifar(BATCH)
-    return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
 
 
 def weights_note(model: nn.Module) -> str:
@@ -326,19 +319,6 @@ def baseline_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inpu
     return step
 
 
-def our_train_step(model: nn.Module, variant: Variant, device: torch.device) -> Callable[[], None]:
-    """main.py's train step (engine.train_step) on a fixed uint8 batch, augmented on the device as main.py does."""
-    runtime = engine.Runtime(device, amp_dtype=variant.amp, channels_last=variant.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=variant.amp == torch.float16)
-    augment = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True)
-    net = utils.compile_model(model, device, BATCH) if variant.compile else model
-    trainer = engine.Trainer(net.train(), nn.CrossEntropyLoss(), optimizer, scaler, augment)
-    images, labels = make_uint8_batch(device)
-    state = engine.EpochState.zeros(device)
-    return lambda: engine.train_step(trainer, images, labels, state, runtime)
-
-
 def measure_train(filters: int, variant: Variant, settings: Settings) -> Measured:
     device = settings.device
     model = make_model(filters, device, variant.channels_last)
@@ -347,8 +327,9 @@ def measure_train(filters: int, variant: Variant, settings: Settings) -> Measure
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         with original_computation():
             rate = throughput(baseline_train_step(model, optimizer, inputs, labels), settings)
-    else:
-        step = our_train_step(model, variant, device)
+    else:  # main.py's train step (engine.train_step) on a fixed batch, augmented on the device as main.py does
+        step = tuning.probe_step(model, variant.amp, variant.channels_last, device, BATCH, train=True,
+                                 compile=variant.compile)
         if variant.compile:  # the first call compiles (and captures CUDA graphs): timed on its own
             started = time.perf_counter()
             step()
@@ -359,7 +340,8 @@ def measure_train(filters: int, variant: Variant, settings: Settings) -> Measure
     peak = peak_bf16_tflops(device)
     compile_seconds = first_step - BATCH / rate if variant.compile else None
     notes = [f"{tflops:.3g} TFLOP/s" + (f" ({100 * tflops / peak:.1f}% of bf16 peak)" if peak else ""),
-             f"compiling took {compile_seconds:.0f} s" if variant.compile else "", weights_note(model)]
+             f"compiling took {compile_seconds:.0f} s" if variant.compile else "",
+             weights_note(model) if variant.baseline else ""]
     return Measured(rate, "; ".join(n for n in notes if n), tflops=tflops, compile_seconds=compile_seconds)
 
 
@@ -370,7 +352,7 @@ def main_default_variant(label: str, filters: int, settings: Settings, train: bo
     choice = tuning.choose(make_model(filters, torch.device("cpu")), amp_flag="auto", channels_last_flag=None,
                            device=settings.device, batch_size=BATCH, train=train, context=utils.DistributedContext())
     source = {"measured": "measured now", "cache": "cached"}.get(choice.source, choice.source)
-    return Variant(f"{label} ({choice.label}; {source})", amp=choice.amp_dtype, channels_last=choice.channels_last,
+    return Variant(f"{label} ({choice.label}; {source})", amp=choice.amp, channels_last=choice.channels_last,
                    compile=compile)
 
 
@@ -379,12 +361,12 @@ def train_variants(filters: int, settings: Settings) -> list[Variant]:
         Variant("baseline: original recipe (fp32, NCHW, per-step .item())", baseline=True),
         Variant("ours fp32"),
         Variant("ours fp32 + channels_last", channels_last=True),
-        Variant("ours bf16 autocast", amp=torch.bfloat16),
-        Variant("ours bf16 + channels_last", amp=torch.bfloat16, channels_last=True),
+        Variant("ours bf16 autocast", amp="bf16"),
+        Variant("ours bf16 + channels_last", amp="bf16", channels_last=True),
     ]
     if settings.compile:
-        variants.append(main_default_variant("ours as main.py --compile runs here, compiling in the warm-up",
-                                             filters, settings, compile=True))
+        variants.append(main_default_variant("ours as main.py --compile runs here (the compiling first step "
+                                             "timed apart)", filters, settings, compile=True))
     return variants
 
 
@@ -408,21 +390,6 @@ def baseline_eval_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Ten
     return step
 
 
-def our_eval_step(model: nn.Module, variant: Variant, device: torch.device) -> Callable[[], None]:
-    """main.py's eval step (engine.eval_step) on a fixed uint8 batch, in inference mode."""
-    runtime = engine.Runtime(device, amp_dtype=variant.amp, channels_last=variant.channels_last)
-    transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device)
-    criterion = nn.CrossEntropyLoss()
-    images, labels = make_uint8_batch(device)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-
-    def step() -> None:
-        with torch.inference_mode():
-            engine.eval_step(model, criterion, images, labels, transform, sums, runtime)
-
-    return step
-
-
 def measure_eval(filters: int, variant: Variant, settings: Settings) -> Measured:
     device = settings.device
     model = make_model(filters, device, variant.channels_last).eval()
@@ -431,7 +398,8 @@ def measure_eval(filters: int, variant: Variant, settings: Settings) -> Measured
         inputs, labels = make_batch(device)
         with original_computation():
             return Measured(throughput(baseline_eval_step(model, inputs, labels), settings, steps))
-    return Measured(throughput(our_eval_step(model, variant, device), settings, steps))
+    step = tuning.probe_step(model, variant.amp, variant.channels_last, device, BATCH, train=False)
+    return Measured(throughput(step, settings, steps))
 
 
 def eval_rows(filters: int, settings: Settings) -> list[Result]:

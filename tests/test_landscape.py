@@ -116,7 +116,8 @@ def test_same_command_gives_the_same_csv(runs, capsys):
 
 
 @pytest.mark.parametrize("case", ["wrong-head", "wrong-size", "two-points", "even-points", "zero-span", "nan-span",
-                                  "too-many-images", "missing-weights", "corrupt-weights"])
+                                  "too-many-images", "negative-workers", "tiny-images", "missing-weights",
+                                  "corrupt-weights"])
 def test_bad_input_is_one_line(case, runs, capsys, tmp_path):
     weights = _weights(runs)
     extra, only = [], ("exc", "last")
@@ -137,6 +138,12 @@ def test_bad_input_is_one_line(case, runs, capsys, tmp_path):
     elif case == "too-many-images":
         extra = ["--images", "25"]
         expected = f"--images 25 is more than the {TRAIN_IMAGES} training images the set holds"
+    elif case == "negative-workers":
+        extra = ["--workers", "-1"]
+        expected = "--workers must be >= 0, got -1"
+    elif case == "tiny-images":  # refused before any image is decoded (or cached) at that size
+        extra = ["--img-size", "4"]
+        expected = "--img-size must be >= 8 (the last stage is img // 8 pixels wide), got 4"
     else:
         bad = tmp_path / "bad.pth"
         if case == "corrupt-weights":

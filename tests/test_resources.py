@@ -7,10 +7,12 @@ child process, or up front where the size of the data is known before allocating
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import resource
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch
 import data
 import engine
 import main
+import utils
 from conftest import MAIN, child_env, one_line_error, read_metrics, tiny_flags
 from fakedata import make_image_folder
 
@@ -129,6 +132,19 @@ def test_read_only_data_folder_trains_without_the_cache(tmp_path):
             bundle = data.load_data("folder", disk, img_size=16, workers=0)
         assert torch.equal(bundle.train.images, torch.from_numpy(fake.train_images))
         assert not [p.name for p in disk.iterdir() if p.name.startswith(".")]
+
+
+def test_atomic_write_leaves_another_writers_temporary_file_and_removes_an_old_one(tmp_path):
+    """Temporary files of a killed writer go once they are an hour old; a younger one may be another process's
+    write in progress (two runs writing the speed cache at once), which must not fail for it."""
+    path = tmp_path / "speed.json"
+    live, old = tmp_path / ".speed.json.abcd1234.tmp", tmp_path / ".speed.json.wxyz5678.tmp"
+    live.write_text("being written")
+    old.write_text("left by a killed writer")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    with utils.atomic_write(path, "w") as f:
+        f.write("{}")
+    assert path.read_text() == "{}" and live.read_text() == "being written" and not old.exists()
 
 
 # ---------------------------------------------------------------------------------------------- memory

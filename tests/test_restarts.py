@@ -6,6 +6,7 @@ seconds, each with its message; a process whose peers never come gives up after 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -142,7 +143,8 @@ def test_process_whose_peers_never_come_gives_up_after_the_timeout(cifar, tmp_pa
 
 def test_restarted_group_resumes_its_own_last_checkpoint_whatever_the_flags(tmp_path):
     """--overwrite or --resume PATH would undo the progress made before the crash; outside restarts they rule.
-    With --overwrite, only a last.pth of this torchrun job counts: one left by the run it replaces does not."""
+    Only a last.pth or args.json of this torchrun job counts as its own: a restart treats an earlier run's files
+    as the first start did."""
     def folders(*flags: str, restarted: bool) -> main.RunFolders:
         args = main.get_args_parser().parse_args(
             ["--run-name", "r", "--checkpoint-dir", str(tmp_path / "c"), "--save-path", str(tmp_path / "r"), *flags])
@@ -156,11 +158,22 @@ def test_restarted_group_resumes_its_own_last_checkpoint_whatever_the_flags(tmp_
     with pytest.raises(main.TrainingError, match="no checkpoint at"):
         folders("--resume", "auto", restarted=True)
 
+    # this job's first start logged an epoch and crashed before saving it: the restart starts over
+    (tmp_path / "r" / "r").mkdir(parents=True)
+    (tmp_path / "r" / "r" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (tmp_path / "r" / "r" / "args.json").write_text(json.dumps({"job": "this-job"}))
+    assert folders(restarted=True).resume is None
+    (tmp_path / "r" / "r" / "args.json").write_text(json.dumps({"job": "an-earlier-job"}))
+    with pytest.raises(main.TrainingError, match="already exists"):
+        folders(restarted=True)  # an earlier run's metrics: refused, as the first start was
+
     last = tmp_path / "c" / "r" / "last.pth"
     last.parent.mkdir(parents=True)
     torch.save({"model": {}, "job": "an-earlier-job"}, last)
     assert folders("--overwrite", restarted=True).resume is None  # the replaced run's checkpoint
-    assert folders(restarted=True).resume == last
+    assert folders("--resume", "auto", restarted=True).resume == last  # asked for, as at the first start
+    with pytest.raises(main.TrainingError, match="already exists"):
+        folders(restarted=True)
     torch.save({"model": {}, "job": "this-job"}, last)
     for flags in ((), ("--overwrite",), ("--resume", str(other)), ("--resume", "auto")):
         assert folders(*flags, restarted=True).resume == last, flags

@@ -129,3 +129,23 @@ def test_mid_epoch_checkpoint_replays_only_the_same_batches(saved_world, resumed
         assert torch.equal(resumer.trainer.augment.generator.get_state(), saver.trainer.augment.generator.get_state())
     else:
         assert point.epoch_state is None
+
+
+@pytest.mark.parametrize("error, line", [
+    (utils.WriteError(28, "No space left on device", "/runs/last.pth"),
+     "error: cannot write /runs/last.pth: No space left on device; free space or fix the permissions, then go on"),
+    (PermissionError(13, "Permission denied", "/data/train"),
+     "error: cannot use /data/train: Permission denied, then go on"),
+    (data.DataError("/data/x.png is truncated"), "error: /data/x.png is truncated"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
+     "error: out of memory on the GPU (a request for 2.00 GiB); use less, then go on"),
+], ids=["full-disk", "unreadable-folder", "data-error", "out-of-memory"])
+def test_run_cli_turns_what_a_user_can_fix_into_one_line(error, line, capsys):
+    """A failed write says so and how to go on; other file errors do not claim to be writes."""
+    def run() -> None:
+        raise error
+
+    assert utils.run_cli(run, memory_remedy="use less", after_failure=lambda: ", then go on") == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+    with pytest.raises(RuntimeError, match="not about memory"):
+        utils.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("not about memory")), memory_remedy="")

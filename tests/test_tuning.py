@@ -67,7 +67,8 @@ def test_the_fastest_option_wins_and_is_cached(cache_home, fake_timing):
     cache = json.loads((cache_home / "upanets" / "speed.json").read_text())
     assert cache["version"] == tuning.CACHE_VERSION and list(cache["entries"].values()) == [RATES]
     key = json.loads(next(iter(cache["entries"])))
-    assert key["model"] == [4, 10, 1, 8] and key["batch_size"] == 100 and key["step"] == "train"
+    assert key["model"] == {"filters": 4, "num_classes": 10, "blocks": 1, "img": 8, "head": "exc"}
+    assert key["batch_size"] == 100 and key["step"] == "train"
     assert key["threads"] == torch.get_num_threads() and key["device"] == tuning.device_name(torch.device("cpu"))
 
     fake_timing.clear()
