@@ -41,7 +41,7 @@ import torch.nn as nn
 import data
 import utils
 from engine import EpochState, Runtime, Trainer
-from models.upanets import UPANets, config_repr, describe_state_dict, extract_state_dict
+from models.upanets import UPANets, config_repr, config_reprs, describe_state_dict, extract_state_dict
 from utils import TrainingError
 
 LAST = "last.pth"
@@ -115,10 +115,16 @@ def load_model_weights(model: nn.Module, checkpoint: dict[str, Any], source: Pat
             remedies.append("match --filters/--blocks/--dataset to the checkpoint")
         if found["head"] != expected["head"]:
             remedies.append(f"pass --head {found['head']}")
-        raise TrainingError(
-            f"{source} holds {config_repr(found)} but this run builds {config_repr(expected)}; "
-            f"{' and '.join(remedies) or 'the file is damaged'}"
-        ) from None
+        held, built = config_reprs(found, expected)
+        raise TrainingError(f"{source} holds {held} but this run builds {built}; "
+                            f"{' and '.join(remedies) or 'the file is damaged'}") from None
+
+
+def require_training_state(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint without the optimizer state that resuming needs (best.pth of ours has it; the
+    original code's files do not)."""
+    if "optimizer" not in checkpoint:
+        raise TrainingError(f"{path} holds weights only; it cannot be resumed (start a new run instead)")
 
 
 @dataclass
@@ -178,8 +184,7 @@ class Checkpointer:
     def restore(self, checkpoint: dict[str, Any], path: Path) -> ResumePoint:
         """Load ``checkpoint`` (read from ``path``), which :meth:`save` wrote, into the model, optimizer,
         scheduler, scaler and RNGs."""
-        if "optimizer" not in checkpoint:
-            raise TrainingError(f"{path} holds weights only; it cannot be resumed (start a new run instead)")
+        require_training_state(checkpoint, path)
         load_model_weights(self.model, checkpoint, path)
         try:
             self.trainer.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -229,6 +234,27 @@ def saved_model_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]
         raise TrainingError(f"{path} does not hold UPANets weights") from None
 
 
+# What the original code trained, by (classes, image size): its checkpoints hold nothing else to go by.
+_ORIGINAL_CODE_DATASETS = {(10, 32): "cifar10", (100, 32): "cifar100", (200, 64): "tiny-imagenet"}
+
+
+def saved_settings(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The ``dataset``, ``filters``, ``blocks``, ``head`` and (for the sets whose image size is a flag)
+    ``img_size`` that a checkpoint was trained with, as far as it says: what main.py's flags of those names
+    must be to rebuild its model. For the original code's files, the data set their class count and image
+    size imply."""
+    config = saved_model_config(checkpoint, path)
+    dataset = section(checkpoint, "data").get("dataset") or section(checkpoint, "args").get("dataset")
+    dataset = data.ORIGINAL_DATASET_NAMES.get(dataset, dataset)
+    if dataset is None and "net" in checkpoint:
+        dataset = _ORIGINAL_CODE_DATASETS.get((config["num_classes"], config.get("img")))
+    settings = {"dataset": dataset, "filters": config.get("filters"), "blocks": config.get("blocks"),
+                "head": config.get("head", "exc")}  # checkpoints written before heads existed hold the ExC head
+    if dataset in ("folder", "synthetic"):
+        settings["img_size"] = config.get("img")
+    return {key: value for key, value in settings.items() if value is not None}
+
+
 def saved_normalization(checkpoint: dict[str, Any], dataset: str | None) -> tuple[Sequence[float], ...] | None:
     """(mean, std) that a checkpoint's inputs were normalised with, when the checkpoint tells: its recorded
     ones, or for the original code's CIFAR checkpoints that code's single CIFAR mean/std; else None."""
@@ -240,8 +266,6 @@ def saved_normalization(checkpoint: dict[str, Any], dataset: str | None) -> tupl
         return data.ORIGINAL_CIFAR_NORMALIZATION
     return None
 
-# What the original code trained, by (classes, image size): its checkpoints hold nothing else to go by.
-_ORIGINAL_CODE_DATASETS = {(10, 32): "cifar10", (100, 32): "cifar100", (200, 64): "tiny-imagenet"}
 
 
 @dataclass
@@ -312,11 +336,10 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
     if classes is not None and len(classes) != num_classes:
         raise TrainingError(f"--classes names {len(classes)} classes but the model in {path} has {num_classes} "
                             "outputs")
-    dataset = dataset or saved.get("dataset") or args.get("dataset")
     dataset = data.ORIGINAL_DATASET_NAMES.get(dataset, dataset)
-    if dataset is None and original:
-        dataset = _ORIGINAL_CODE_DATASETS.get((num_classes, model.img))
-        if dataset is not None:
+    if dataset is None:
+        dataset = saved_settings(checkpoint, path).get("dataset")
+        if dataset is not None and original:  # the original code's files record no data set: a guess
             warnings.append(f"{path} is the original code's checkpoint of a {num_classes}-class model for "
                             f"{model.img}x{model.img} images: taking it for {dataset} (pass --dataset otherwise)")
     names = list(classes) if classes is not None else saved.get("classes")

@@ -103,6 +103,23 @@ def dataset_name(value: str) -> str:
     return name
 
 
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``--data-dir``, ``--download`` and ``--img-size``, as each script that reads a data set has them.
+
+    ``--dataset`` and ``--img-size`` default to None: the script fills them in from the checkpoint it reads, if any.
+    """
+    parser.add_argument("--dataset", "--datasets", default=None, type=dataset_name,
+                        help=f"one of {', '.join(DATASETS)} (the original names "
+                        f"{', '.join(ORIGINAL_DATASET_NAMES)} are accepted too); default: the data set of the "
+                        "checkpoint being read, else cifar10")
+    parser.add_argument("--data-dir", "--data_dir", default="./data", type=Path, help="where data sets live")
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                        help="download CIFAR / Tiny ImageNet when missing")
+    parser.add_argument("--img-size", default=None, type=int,
+                        help="image size for --dataset folder/synthetic (default: the checkpoint's, else 32); "
+                        "CIFAR is 32, Tiny ImageNet 64")
+
+
 def load_data(
     name: str,
     data_dir: str | os.PathLike,

@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> None:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return utils.run_cli(lambda: main(args), memory_remedy="export on a machine with more memory")
+    return utils.run_cli(lambda: main(args), memory_remedy=lambda: "export on a machine with more memory")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 import data
 import utils
-from checkpointing import load_checkpoint, load_model_weights, saved_model_config, saved_normalization, section
+from checkpointing import (load_checkpoint, load_model_weights, saved_model_config, saved_normalization,
+                           saved_settings, section)
 from engine import Runtime, evaluate
 from models.upanets import HEADS, UPANets, config_repr
 from utils import TrainingError
@@ -47,13 +48,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      add_help=add_help)
     parser.add_argument("--weights", required=True, nargs="+", type=Path, metavar="PATH",
                         help="checkpoints to compare (this repo's, or the original code's ckpt.pth)")
-    parser.add_argument("--dataset", "--datasets", default="cifar10", type=data.dataset_name,
-                        help=f"the data set the checkpoints were trained on: {', '.join(data.DATASETS)}")
-    parser.add_argument("--data-dir", "--data_dir", default="./data", type=Path, help="where data sets live")
-    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                        help="download CIFAR / Tiny ImageNet when missing")
-    parser.add_argument("--img-size", default=None, type=int,
-                        help="image size for --dataset folder/synthetic (default: the checkpoint's, else 32)")
+    data.add_dataset_args(parser)
     parser.add_argument("--images", default=500, type=int, help="training images the loss is measured on")
     parser.add_argument("--points", default=21, type=int, help="grid points per direction (odd: 0 is one of them)")
     parser.add_argument("--span", default=1.0, type=float, help="the grid covers [-span, span] in each direction")
@@ -77,17 +72,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.points < 3 or args.points % 2 == 0:
         raise TrainingError(f"--points must be an odd number >= 3, so that the grid holds the checkpoint itself "
                             f"(alpha = 0), got {args.points}")
-    if not args.span > 0 or not math.isfinite(args.span):
-        raise TrainingError(f"--span must be a positive number, got {args.span}")
-    for flag, value in {"--images": args.images, "--batch-size": args.batch_size}.items():
-        if value < 1:
-            raise TrainingError(f"{flag} must be a positive integer, got {value}")
-    if args.seed < 0:
-        raise TrainingError(f"--seed must be >= 0, got {args.seed}")
-    if args.workers < 0:
-        raise TrainingError(f"--workers must be >= 0, got {args.workers}")
+    utils.check_flag_ranges(positive={"--span": args.span, "--images": args.images, "--batch-size": args.batch_size},
+                            non_negative={"--seed": args.seed, "--workers": args.workers})
     if args.img_size is not None:
-        if args.dataset not in ("folder", "synthetic"):
+        if args.dataset not in (None, "folder", "synthetic"):
             raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset}")
         if args.img_size < 8:  # before any image is decoded at that size
             raise TrainingError(f"--img-size must be >= 8 (the last stage is img // 8 pixels wide), "
@@ -251,14 +239,20 @@ def main(args: argparse.Namespace) -> list[Landscape]:
     check_args(args)
     device = utils.resolve_device(args.device)
     checkpoints = {path: load_checkpoint(path) for path in args.weights}  # a bad file fails before any work
+    first_path, first = next(iter(checkpoints.items()))
+    settings = saved_settings(first, first_path)
+    if args.dataset is None:
+        args.dataset = settings.get("dataset", "cifar10")
+        if args.img_size is not None and args.dataset not in ("folder", "synthetic"):
+            raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset} "
+                                f"(which {first_path} was trained on)")
     for path, checkpoint in checkpoints.items():
         trained_on = section(checkpoint, "data").get("dataset")
         if trained_on not in (None, args.dataset):
             raise TrainingError(f"{path} was trained on {trained_on}, not {args.dataset}; pass --dataset {trained_on}")
-    first = next(iter(checkpoints.values()))
     img_size = args.img_size
-    if img_size is None and args.dataset in ("folder", "synthetic"):
-        img_size = section(first, "model_config").get("img")
+    if img_size is None and args.dataset == settings.get("dataset"):
+        img_size = settings.get("img_size")
     bundle = data.load_data(args.dataset, args.data_dir, download=args.download, img_size=img_size,
                             workers=args.workers, seed=section(first, "args").get("seed", 0))
     models = {path: build_model(path, checkpoint, args, bundle) for path, checkpoint in checkpoints.items()}
@@ -299,7 +293,7 @@ def cli(argv: Iterable[str] | None = None) -> int:
     def run() -> None:
         main(args)
 
-    return utils.run_cli(run, memory_remedy="use a smaller --batch-size, or fewer --images for a streamed set")
+    return utils.run_cli(run, memory_remedy=lambda: "use a smaller --batch-size, or fewer --images for a streamed set")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import torch.nn as nn
 import data
 import tuning
 import utils
-from checkpointing import Checkpointer, ResumePoint, load_checkpoint, load_model_weights, saved_normalization
+from checkpointing import (Checkpointer, ResumePoint, load_checkpoint, load_model_weights, require_training_state,
+                           saved_normalization, saved_settings)
 from engine import EpochState, Runtime, StopRequest, Stopped, Trainer, agree_across_ranks, evaluate, train_one_epoch
 from models.upanets import HEADS, UPANets, check_config
 from utils import DistributedContext, TrainingError
@@ -33,19 +34,17 @@ from utils import DistributedContext, TrainingError
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train and evaluate UPANets", add_help=add_help)
-    parser.add_argument("--dataset", "--datasets", default="cifar10", type=data.dataset_name,
-                        help=f"one of {', '.join(data.DATASETS)} (the original names cifar_10, cifar_100, "
-                        "tiny_imgnet are accepted too)")
-    parser.add_argument("--data-dir", "--data_dir", default="./data", type=Path, help="where data sets live")
-    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                        help="download CIFAR / Tiny ImageNet when missing")
-    parser.add_argument("--img-size", default=None, type=int,
-                        help="image size for --dataset folder/synthetic (default 32); CIFAR is 32, Tiny ImageNet 64")
-    parser.add_argument("--filters", default=16, type=int, help="base filters: 16, 32, 64 for UPANets16/32/64")
-    parser.add_argument("--blocks", default=1, type=int, help="UPA blocks per stage, in units of 4")
-    parser.add_argument("--head", default="exc", choices=HEADS,
+    data.add_dataset_args(parser)
+    # --dataset, --img-size, --filters, --blocks and --head default to None: see fill_settings.
+    parser.add_argument("--filters", default=None, type=int,
+                        help="base filters: 16, 32, 64 for UPANets16/32/64 (default: 16, or the evaluated "
+                        "checkpoint's)")
+    parser.add_argument("--blocks", default=None, type=int,
+                        help="UPA blocks per stage, in units of 4 (default: 1, or the evaluated checkpoint's)")
+    parser.add_argument("--head", default=None, choices=HEADS,
                         help="classifier head: exc, the paper's extreme connection (GAP + SPA of the stem and every "
-                        "stage); exc-gap, the same pooled by GAP alone; last, GAP of the last stage only")
+                        "stage); exc-gap, the same pooled by GAP alone; last, GAP of the last stage only (default: "
+                        "exc, or the evaluated checkpoint's)")
     parser.add_argument("--epochs", default=100, type=int, help="total epochs (cosine schedule spans them)")
     parser.add_argument("--batch-size", "--batch_size", default=100, type=int,
                         help="images per step and process; the global batch is this times the number of processes")
@@ -89,23 +88,38 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+# What --dataset, --filters, --blocks and --head mean when they are left out and no checkpoint is evaluated.
+DEFAULT_SETTINGS = {"dataset": "cifar10", "filters": 16, "blocks": 1, "head": "exc"}
+
+
+def fill_settings(args: argparse.Namespace, weights: dict[str, Any] | None) -> dict[str, Any]:
+    """Give the flags that were left out (None) among --dataset, --img-size, --filters, --blocks and --head the
+    values of ``weights``, the checkpoint to evaluate, where it records them, else their defaults.
+
+    Returns the values taken from the checkpoint. Flags given on the command line are kept, so a checkpoint
+    that does not match them is refused with what it holds.
+    """
+    saved = {} if weights is None else saved_settings(weights, args.weights)
+    taken = {}
+    for key, default in DEFAULT_SETTINGS.items():
+        if getattr(args, key) is None:
+            if key in saved:
+                taken[key] = saved[key]
+            setattr(args, key, saved.get(key, default))
+    if args.img_size is None and "img_size" in saved and args.dataset == saved["dataset"]:
+        args.img_size = taken["img_size"] = saved["img_size"]
+    return taken
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Reject nonsense flag values before any work starts."""
-    positive = {"--epochs": args.epochs, "--batch-size": args.batch_size}
-    for flag, value in positive.items():
-        if value < 1:
-            raise TrainingError(f"{flag} must be a positive integer, got {value}")
+    utils.check_flag_ranges(
+        positive={"--epochs": args.epochs, "--batch-size": args.batch_size, "--lr": args.lr,
+                  "--dist-timeout": args.dist_timeout},
+        non_negative={"--seed": args.seed, "--momentum": args.momentum, "--weight-decay": args.weight_decay,
+                      "--workers": args.workers})
     if args.batch_size < 2 and not args.evaluate:
         raise TrainingError("--batch-size must be at least 2 for training (BatchNorm needs two samples a batch)")
-    if args.seed < 0:
-        raise TrainingError(f"--seed must be >= 0, got {args.seed}")
-    if not args.lr > 0 or not math.isfinite(args.lr):
-        raise TrainingError(f"--lr must be a positive number, got {args.lr}")
-    for flag, value in {"--momentum": args.momentum, "--weight-decay": args.weight_decay}.items():
-        if not value >= 0 or not math.isfinite(value):
-            raise TrainingError(f"{flag} must be a non-negative number, got {value}")
-    if args.workers < 0:
-        raise TrainingError(f"--workers must be >= 0, got {args.workers}")
     if args.img_size is not None and args.dataset not in ("folder", "synthetic"):
         raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset}")
     try:
@@ -121,14 +135,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError("--evaluate needs --weights PATH (a checkpoint to evaluate)")
     if args.weights is not None and not args.evaluate:
         raise TrainingError("--weights is for --evaluate; use --resume to continue training from a checkpoint")
+    if args.weights is not None and args.weights.is_dir():
+        raise TrainingError(f"--weights {args.weights} is a folder; give a checkpoint file in it, such as "
+                            f"{args.weights / 'best.pth'}")
     if args.weights is not None and not args.weights.is_file():
         raise TrainingError(f"--weights {args.weights}: no such file")
     if args.resume is not None and args.evaluate:
         raise TrainingError("--resume and --evaluate do not go together; evaluate a checkpoint with --weights")
     if args.sync_bn and args.device == "cpu":
         raise TrainingError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
-    if not args.dist_timeout > 0 or not math.isfinite(args.dist_timeout):
-        raise TrainingError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -356,7 +371,8 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
         tensorboard = utils.TensorBoardLogger(folders.results, start_step)
         tensorboard.log_flags({**vars(args), **metadata}, start_step)
     stop.install()  # before the "training" line: a signal sent once it is printed always gets a checkpoint
-    context.print0(f"training {args.run_name} for {args.epochs} epochs on {runtime.device} "
+    epochs = f"{args.epochs} epoch{'s' if args.epochs > 1 else ''}"
+    context.print0(f"training {args.run_name} for {epochs} on {runtime.device} "
                    f"(amp={run.speed.amp}, channels_last={runtime.channels_last}, "
                    f"processes={context.world_size}, global batch {args.batch_size * context.world_size})")
 
@@ -428,24 +444,34 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
 
 def main(args: argparse.Namespace) -> nn.Module:
     """Train (or with --evaluate, evaluate) as the flags say; return the model (unwrapped, on its device)."""
+    # The checkpoint to evaluate is read first: it says which model (and data set) the flags left out mean.
+    weights = None
+    if args.evaluate and args.weights is not None and args.weights.is_file():
+        weights = load_checkpoint(args.weights)
+    from_weights = fill_settings(args, weights)
     check_args(args)
     context = utils.init_distributed("cuda" if args.device.startswith("cuda") or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu", timeout=args.dist_timeout)
     stop = StopRequest()
     try:
+        if args.evaluate:
+            if from_weights:
+                context.print0(f"from {args.weights}: " + " ".join(
+                    f"--{key.replace('_', '-')} {value}" for key, value in from_weights.items()))
+            run = set_up(args, context, weights)
+            evaluate_weights(args, run, weights)
+            return run.model
         args.run_name = args.run_name or default_run_name(args)
-        # A bad folder fails before any work.
-        folders = None if args.evaluate else RunFolders.for_training(args, context)
-        if folders is not None and context.restart > 0:
+        folders = RunFolders.for_training(args, context)  # a bad folder fails before any work
+        if context.restart > 0:
             context.print0(f"restart {context.restart} under torchrun: " + (
                 f"resuming from {folders.resume}" if folders.resume else "no checkpoint yet, starting from epoch 1"))
         # Read before the data: a bad file fails at once, and its precision and layout carry over.
-        source = args.weights if args.evaluate else folders.resume
-        checkpoint = None if source is None else load_checkpoint(source)
+        checkpoint = None
+        if folders.resume is not None:
+            checkpoint = load_checkpoint(folders.resume)
+            require_training_state(checkpoint, folders.resume)
         run = set_up(args, context, checkpoint)
-        if args.evaluate:
-            evaluate_weights(args, run, checkpoint)
-            return run.model
         return train(args, run, folders, stop, checkpoint)
     except Stopped:
         raise
@@ -468,7 +494,7 @@ def cli(argv: Iterable[str] | None = None) -> int:
         def run() -> None:
             main(args)
 
-        return utils.run_cli(run, memory_remedy=memory_remedy(args), after_failure=lambda: resume_hint(args))
+        return utils.run_cli(run, memory_remedy=lambda: memory_remedy(args), after_failure=lambda: resume_hint(args))
     except Stopped as e:
         print(e, file=sys.stderr)
         return e.exit_code
@@ -476,10 +502,13 @@ def cli(argv: Iterable[str] | None = None) -> int:
 
 def memory_remedy(args: argparse.Namespace) -> str:
     """The flags that shrink what a run holds in memory."""
-    flags = [f"--batch-size (now {args.batch_size})", f"--filters (now {args.filters})"]
-    if args.dataset in ("folder", "synthetic"):  # the sets whose image size is a flag
-        flags.insert(1, "--img-size")
-    remedy = f"use a smaller {', '.join(flags[:-1])} or {flags[-1]}"
+    flags = [f"--batch-size (now {args.batch_size})"]
+    if not args.evaluate:  # the weights evaluated fix the model and its image size
+        if args.dataset in ("folder", "synthetic"):  # the sets whose image size is a flag
+            flags.append("--img-size")
+        flags.append(f"--filters (now {args.filters})")
+    listed = flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"
+    remedy = f"use a smaller {listed}"
     if args.dataset in ("folder", "tiny-imagenet") and not args.stream:
         remedy += ", or --stream to read the images from disk each epoch"
     return remedy

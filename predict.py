@@ -168,12 +168,9 @@ def write_csv(path: Path, predictions: Sequence[Prediction], topk: int) -> None:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.topk is not None and args.topk < 1:
-        raise TrainingError(f"--topk must be a positive integer, got {args.topk}")
-    if args.batch_size < 1:
-        raise TrainingError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if args.workers < 0:
-        raise TrainingError(f"--workers must be >= 0, got {args.workers}")
+    positive = {"--batch-size": args.batch_size} if args.topk is None else {"--topk": args.topk,
+                                                                            "--batch-size": args.batch_size}
+    utils.check_flag_ranges(positive=positive, non_negative={"--workers": args.workers})
     if args.csv is not None:
         utils.check_writable(args.csv.parent)
 
@@ -183,6 +180,7 @@ def main(args: argparse.Namespace) -> int:
     check_args(args)
     files = find_images(args.paths)
     spec = load_spec(args)
+    spec.normalization()  # a checkpoint that does not say how inputs were normalised fails before any output
     num_classes = len(spec.classes)
     if args.topk is not None and args.topk > num_classes:
         raise TrainingError(f"--topk {args.topk} exceeds the model's {num_classes} classes")
@@ -210,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
         raise TrainingError(f"none of the {len(files)} images could be read")
     if args.csv is not None:
         write_csv(args.csv, predictions, topk)
-    print(f"predicted {len(predictions)} images with {args.weights}"
+    print(f"predicted {len(predictions)} image{'s' if len(predictions) > 1 else ''} with {args.weights}"
           + (f"; wrote {args.csv}" if args.csv is not None else ""))
     if skipped:
         print(f"warning: skipped {skipped} unreadable image{'s' if skipped > 1 else ''}", file=sys.stderr)
@@ -219,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return utils.run_cli(lambda: 1 if main(args) else 0, memory_remedy="use a smaller --batch-size")
+    return utils.run_cli(lambda: 1 if main(args) else 0, memory_remedy=lambda: "use a smaller --batch-size")
 
 
 if __name__ == "__main__":

@@ -30,13 +30,25 @@ class TrainingError(Exception):
     """A problem the user can fix (bad checkpoint, bad flag value, ...), with a one-line message."""
 
 
-def run_cli(run: Callable[[], int | None], *, memory_remedy: str,
+def check_flag_ranges(*, positive: Mapping[str, float] = {}, non_negative: Mapping[str, float] = {}) -> None:
+    """Raise a TrainingError naming the first flag (``{"--lr": 0.1}``) whose value is out of range or not finite."""
+    for flag, value in positive.items():
+        if not (value > 0 and math.isfinite(value)):
+            kind = "integer" if isinstance(value, int) else "number"
+            raise TrainingError(f"{flag} must be a positive {kind}, got {value}")
+    for flag, value in non_negative.items():
+        if not (value >= 0 and math.isfinite(value)):
+            raise TrainingError(f"{flag} must be >= 0, got {value}")
+
+
+def run_cli(run: Callable[[], int | None], *, memory_remedy: Callable[[], str],
             after_failure: Callable[[], str] = lambda: "") -> int:
     """A script's exit code: ``run()``'s (None for 0), or 2 with one line on stderr for what the user can fix.
 
     That is a TrainingError (DataError included), a failed write (a full disk, a read-only folder), another
     file error, or memory running out, which ``memory_remedy`` says how to avoid; ``after_failure`` may add
-    how to go on (e.g. a resume hint), asked for once the failure has happened.
+    how to go on (e.g. a resume hint). Both are asked for once the failure has happened, when the run's
+    settings are known.
     """
     try:
         return run() or 0
@@ -51,7 +63,7 @@ def run_cli(run: Callable[[], int | None], *, memory_remedy: str,
         out_of_memory = describe_out_of_memory(e)
         if out_of_memory is None:
             raise
-        message = f"{out_of_memory}; {memory_remedy}{after_failure()}"
+        message = f"{out_of_memory}; {memory_remedy()}{after_failure()}"
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ __all__ = [
     "check_config",
     "clean_state_dict",
     "config_repr",
+    "config_reprs",
     "describe_state_dict",
     "extract_state_dict",
     "load_weights",
@@ -422,6 +423,13 @@ def config_repr(config: Mapping[str, Any]) -> str:
     return f"UPANets({arguments})"
 
 
+def config_reprs(found: Mapping[str, Any], expected: Mapping[str, Any]) -> tuple[str, str]:
+    """Two configurations (weights' and model's) as ``UPANets(...)`` over the same arguments, for a message that
+    shows how they differ: ``img`` where the weights fix it, ``head`` where the two differ."""
+    keys = [key for key in expected if key in found and (key != "head" or found[key] != expected[key])]
+    return tuple(f"UPANets({', '.join(f'{key}={config[key]!r}' for key in keys)})" for config in (found, expected))
+
+
 def load_weights(
     model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True
 ) -> nn.Module:
@@ -443,6 +451,7 @@ def load_weights(
             raise e from None
         if not isinstance(model, UPANets) or all(model.config[key] == value for key, value in found.items()):
             raise
-        raise RuntimeError(f"the weights are those of {config_repr(found)}, but the model is "
-                           f"{config_repr(model.config)}; build it with the weights' arguments") from None
+        weights, built = config_reprs(found, model.config)
+        raise RuntimeError(f"the weights are those of {weights}, but the model is {built}; build it with the "
+                           "weights' arguments") from None
     return model

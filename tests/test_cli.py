@@ -249,6 +249,15 @@ def test_image_folder_end_to_end(tmp_path, run_cli):
     mean, std = data.channel_stats(torch.from_numpy(fake.train_images))  # measured on the training images
     check_test_metrics_match(tmp_path, "bugs", rows, fake, mean, std, classes=3, img=16)
 
+    # Evaluating needs no more than the file and where the data is: the rest is read from the checkpoint.
+    weights = tmp_path / "checkpoint" / "bugs" / "last.pth"
+    result = run_cli(["--evaluate", "--weights", weights, "--data-dir", tmp_path / "data", "--workers", "0",
+                      "--no-progress"], cwd=tmp_path)
+    assert_success(result)
+    assert f"from {weights}: --dataset folder --filters 4 --blocks 1 --head exc --img-size 16\n" in result.stdout
+    _, top1, _, images = _printed_eval(result.stdout, weights)
+    assert (top1, images) == (f"{rows[-1]['test_acc']:.2f}", 15)
+
 
 def test_synthetic_end_to_end(tmp_path, run_cli):
     result = run_cli(["--dataset", "synthetic", "--img-size", "8", "--seed", "3",
@@ -308,10 +317,11 @@ def _printed_eval(stdout: str, weights: Path) -> tuple[str, str, str, int]:
 
 def test_evaluate_original_checkpoint(tmp_path, run_cli):
     fake = make_cifar10(tmp_path / "data", n_train=5, n_test=30, seed=4)
-    result = run_cli(["--evaluate", "--weights", ORIGINAL_CKPT, "--dataset", "cifar10", "--data-dir",
-                      tmp_path / "data", "--no-download", "--filters", "8", "--batch-size", "8", "--workers", "0",
-                      "--amp", "off", "--no-progress"], cwd=tmp_path)
+    # no --dataset or --filters: a 10-class 32x32 UPANets8 of the original code's is taken for CIFAR-10
+    result = run_cli(["--evaluate", "--weights", ORIGINAL_CKPT, "--data-dir", tmp_path / "data", "--no-download",
+                      "--batch-size", "8", "--workers", "0", "--amp", "off", "--no-progress"], cwd=tmp_path)
     assert_success(result)
+    assert f"from {ORIGINAL_CKPT}: --dataset cifar10 --filters 8 --blocks 1 --head exc\n" in result.stdout
     loss, top1, top5, images = _printed_eval(result.stdout, ORIGINAL_CKPT)
     # the original code's own CIFAR normalisation, which its checkpoints were trained with
     original_mean, original_std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

@@ -105,14 +105,17 @@ def test_unknown_head_is_a_value_error():
 @pytest.mark.parametrize("saved, built, message", [
     (dict(head="last"), dict(),
      "x.pth holds UPANets(filters=4, num_classes=10, blocks=1, head='last') but this run builds "
-     "UPANets(filters=4, num_classes=10, blocks=1, img=16); pass --head last"),
+     "UPANets(filters=4, num_classes=10, blocks=1, head='exc'); pass --head last"),
     (dict(), dict(head="exc-gap"),
-     "x.pth holds UPANets(filters=4, num_classes=10, blocks=1, img=16) but this run builds "
+     "x.pth holds UPANets(filters=4, num_classes=10, blocks=1, img=16, head='exc') but this run builds "
      "UPANets(filters=4, num_classes=10, blocks=1, img=16, head='exc-gap'); pass --head exc"),
     (dict(head="last"), dict(filters=8),
      "x.pth holds UPANets(filters=4, num_classes=10, blocks=1, head='last') but this run builds "
-     "UPANets(filters=8, num_classes=10, blocks=1, img=16); match --filters/--blocks/--dataset to the checkpoint "
-     "and pass --head last"),
+     "UPANets(filters=8, num_classes=10, blocks=1, head='exc'); match --filters/--blocks/--dataset to the "
+     "checkpoint and pass --head last"),
+    (dict(), dict(num_classes=100),
+     "x.pth holds UPANets(filters=4, num_classes=10, blocks=1, img=16) but this run builds "
+     "UPANets(filters=4, num_classes=100, blocks=1, img=16); match --filters/--blocks/--dataset to the checkpoint"),
 ])
 def test_checkpoint_of_another_head_is_refused_in_one_line(saved, built, message):
     checkpoint = {"model": UPANets(**{"filters": 4, "num_classes": 10, "img": 16, **saved}).state_dict()}
@@ -127,7 +130,7 @@ def test_load_weights_names_the_head_the_weights_hold():
         load_weights(UPANets(4, 10, 1, 16), weights)
     assert str(error.value) == (
         "the weights are those of UPANets(filters=4, num_classes=10, blocks=1, head='last'), but the model is "
-        "UPANets(filters=4, num_classes=10, blocks=1, img=16); build it with the weights' arguments")
+        "UPANets(filters=4, num_classes=10, blocks=1, head='exc'); build it with the weights' arguments")
     load_weights(UPANets(4, 10, 1, 16, head="last"), weights)
 
 
@@ -147,8 +150,13 @@ def test_cli_trains_a_head_records_it_and_refuses_it_for_another(tmp_path):
     UPANets(**checkpoint["model_config"]).load_state_dict(checkpoint["model"])
 
     weights = tmp_path / "checkpoint" / run / "last.pth"
-    result = run_main(["--evaluate", "--weights", weights, *data_flags, "--filters", "4", "--workers", "0",
-                       "--amp", "off", "--no-progress"], cwd=tmp_path)
+    evaluate = ["--evaluate", "--weights", weights, *data_flags, "--workers", "0", "--amp", "off", "--no-progress"]
+    result = run_main(evaluate, cwd=tmp_path)  # the model is rebuilt from the checkpoint
+    assert result.returncode == 0, result
+    assert f"from {weights}: --filters 4 --blocks 1 --head last\n" in result.stdout
+    assert "model: UPANets4 (blocks=1, head=last), " in result.stdout
+    assert f"evaluate {weights}: test loss " in result.stdout
+    result = run_main([*evaluate, "--head", "exc"], cwd=tmp_path)  # flags given are kept, and must match
     assert one_line_error(result) == (
         f"error: {weights} holds UPANets(filters=4, num_classes=10, blocks=1, head='last') but this run builds "
-        "UPANets(filters=4, num_classes=10, blocks=1, img=32); pass --head last")
+        "UPANets(filters=4, num_classes=10, blocks=1, head='exc'); pass --head last")

@@ -49,9 +49,9 @@ def _weights(root: Path) -> dict[str, Path]:
 
 
 def _flags(root: Path, out: Path, *extra: object, weights: tuple[str, ...] = ("exc", "last")) -> list[str]:
-    return [str(flag) for flag in ("--weights", *(_weights(root)[w] for w in weights), "--dataset", "folder",
-                                   "--data-dir", root / "data", "--out", out, "--workers", "0", "--device", "cpu",
-                                   "--no-progress", *extra)]
+    """The landscape's flags; the data set (folder) and its image size (16) are read from the checkpoints."""
+    return [str(flag) for flag in ("--weights", *(_weights(root)[w] for w in weights), "--data-dir", root / "data",
+                                   "--out", out, "--workers", "0", "--device", "cpu", "--no-progress", *extra)]
 
 
 def _run(argv: list[str], capsys) -> CliResult:
@@ -116,15 +116,15 @@ def test_same_command_gives_the_same_csv(runs, capsys):
 
 
 @pytest.mark.parametrize("case", ["wrong-head", "wrong-size", "two-points", "even-points", "zero-span", "nan-span",
-                                  "too-many-images", "negative-workers", "tiny-images", "missing-weights",
-                                  "corrupt-weights"])
+                                  "too-many-images", "negative-workers", "tiny-images", "other-dataset",
+                                  "missing-weights", "corrupt-weights"])
 def test_bad_input_is_one_line(case, runs, capsys, tmp_path):
     weights = _weights(runs)
     extra, only = [], ("exc", "last")
     if case == "wrong-head":
         extra, only = ["--head", "exc"], ("last",)
         expected = (f"{weights['last']} holds UPANets(filters=4, num_classes=3, blocks=1, head='last') but this run "
-                    "builds UPANets(filters=4, num_classes=3, blocks=1, img=16); pass --head last")
+                    "builds UPANets(filters=4, num_classes=3, blocks=1, head='exc'); pass --head last")
     elif case == "wrong-size":
         extra = ["--filters", "8"]
         expected = (f"{weights['exc']} holds UPANets(filters=4, num_classes=3, blocks=1, img=16) but this run builds "
@@ -144,6 +144,9 @@ def test_bad_input_is_one_line(case, runs, capsys, tmp_path):
     elif case == "tiny-images":  # refused before any image is decoded (or cached) at that size
         extra = ["--img-size", "4"]
         expected = "--img-size must be >= 8 (the last stage is img // 8 pixels wide), got 4"
+    elif case == "other-dataset":
+        extra = ["--dataset", "cifar10", "--no-download"]
+        expected = f"{weights['exc']} was trained on folder, not cifar10; pass --dataset folder"
     else:
         bad = tmp_path / "bad.pth"
         if case == "corrupt-weights":

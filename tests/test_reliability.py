@@ -366,6 +366,7 @@ def test_resume_refuses_weights_only_checkpoint(tmp_path, run_cli):
                       ORIGINAL_CKPT, *tiny_flags(tmp_path, filters=8)], cwd=tmp_path)
     assert one_line_error(result) == (f"error: {ORIGINAL_CKPT} holds weights only; it cannot be resumed "
                                       "(start a new run instead)")
+    assert "data:" not in result.stdout  # refused before the data is read or speeds are measured
     assert not (tmp_path / "checkpoint").exists()
 
 
@@ -442,6 +443,8 @@ def test_bad_data_is_rejected_and_existing_checkpoint_kept(kind, good_run, tmp_p
     (["--lr", "nan"], "error: --lr must be a positive number, got nan"),
     (["--resume", "missing.pth"], "error: --resume missing.pth: no checkpoint at missing.pth"),
     (["--evaluate"], "error: --evaluate needs --weights PATH (a checkpoint to evaluate)"),
+    (["--evaluate", "--weights", "/tmp"],
+     "error: --weights /tmp is a folder; give a checkpoint file in it, such as /tmp/best.pth"),
     (["--batch-size", "1"], "error: --batch-size must be at least 2 for training (BatchNorm needs two samples a batch)"),
     (["--seed", "-1"], "error: --seed must be >= 0, got -1"),
     (["--checkpoint-dir", "/dev/null"], "error: cannot write to /dev/null/cifar10-upanets16: "
@@ -450,7 +453,7 @@ def test_bad_data_is_rejected_and_existing_checkpoint_kept(kind, good_run, tmp_p
     (["--save-path", "/proc/x"], "error: cannot write to /proc/x/cifar10-upanets16: /proc is not a writable "
                                  "folder (No such file or directory)"),
 ], ids=["negative-epochs", "zero-batch", "filters-6", "lr-nan", "resume-missing", "evaluate-no-weights",
-        "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file", "save-path-in-proc"])
+        "weights-a-folder", "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file", "save-path-in-proc"])
 def test_bad_flags_are_rejected_before_any_work(flags, message, tmp_path, run_cli):
     started = time.monotonic()
     # --no-download: were a check missing, the run would stop at once on the missing ./data (another error

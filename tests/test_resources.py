@@ -128,7 +128,8 @@ def test_read_only_data_folder_trains_without_the_cache(tmp_path):
     with tmpfs(tmp_path / "disk", 2**20) as disk:
         fake = make_image_folder(disk, classes=("cat", "dog"), per_class=3, size=16)
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        with pytest.warns(UserWarning, match=rf"cannot write cache {re.escape(str(disk))}/\.upanets_cache_train_16"):
+        cache = rf"{re.escape(str(disk))}/\.upanets_cache_(train|val)_16"
+        with pytest.warns(UserWarning, match=f"cannot write cache {cache}"):
             bundle = data.load_data("folder", disk, img_size=16, workers=0)
         assert torch.equal(bundle.train.images, torch.from_numpy(fake.train_images))
         assert not [p.name for p in disk.iterdir() if p.name.startswith(".")]
@@ -189,6 +190,20 @@ def test_gpu_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == (
         "error: out of memory on the GPU (a request for 20.00 GiB); use a smaller --batch-size (now 250), "
         "--img-size or --filters (now 4)")
+
+
+def test_out_of_memory_while_evaluating_names_only_what_evaluation_can_change(tmp_path, monkeypatch, capsys):
+    """The evaluated weights fix the model and its image size: --batch-size is the one flag to change."""
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB.")
+
+    monkeypatch.setattr(main, "evaluate", out_of_memory)
+    weights = Path(__file__).parent / "data" / "original_ckpt_filters8_classes10_img32.pth"
+    flags = ["--evaluate", "--weights", weights, "--dataset", "synthetic", "--batch-size", "64", "--device", "cpu",
+             "--amp", "off", "--no-channels-last", "--workers", "0", "--no-progress"]
+    assert main.cli([str(flag) for flag in flags]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: out of memory on the GPU (a request for 3.00 GiB); use a smaller --batch-size (now 64)")
 
 
 def test_unrelated_runtime_errors_are_not_reported_as_memory(tmp_path, monkeypatch):

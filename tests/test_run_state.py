@@ -145,7 +145,7 @@ def test_run_cli_turns_what_a_user_can_fix_into_one_line(error, line, capsys):
     def run() -> None:
         raise error
 
-    assert utils.run_cli(run, memory_remedy="use less", after_failure=lambda: ", then go on") == 2
+    assert utils.run_cli(run, memory_remedy=lambda: "use less", after_failure=lambda: ", then go on") == 2
     assert capsys.readouterr().err.splitlines() == [line]
     with pytest.raises(RuntimeError, match="not about memory"):
-        utils.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("not about memory")), memory_remedy="")
+        utils.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("not about memory")), memory_remedy=lambda: "")
