@@ -224,11 +224,7 @@ def plot(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], d
             ax.set_aspect("equal")
     fig.suptitle(f"loss landscape (Li et al. 2018), {images} training images")
     fig.tight_layout()
-    try:
-        with utils.atomic_write(path) as f:
-            fig.savefig(f, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    utils.save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- main

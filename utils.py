@@ -287,11 +287,16 @@ class MetricsLogger:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
-        try:
-            with atomic_write(self.plot_path) as f:
-                fig.savefig(f, format="png", dpi=100)
-        finally:
-            plt.close(fig)
+        save_figure(fig, self.plot_path, dpi=100)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int) -> None:
+    """Write a matplotlib figure to ``path`` as PNG through :func:`atomic_write`, then close it."""
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
 
 
 def pyplot() -> Any:

@@ -36,7 +36,6 @@ import gc
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -466,8 +465,8 @@ def data_rows(settings: Settings) -> list[Result]:
 # ----------------------------------------------------------------------------- 4. epoch
 
 
-def run_process(command: list[str], settings: Settings) -> tuple[float, str]:
-    """Run ``command`` from the repo root; returns (wall seconds, stdout) or raises with its last error line.
+def run_process(command: list[str], settings: Settings) -> float:
+    """Run ``command`` from the repo root; returns its wall seconds or raises with its last error line.
 
     It gets settings.epoch_timeout seconds, or what is left before the --time-limit deadline if less.
     """
@@ -481,7 +480,7 @@ def run_process(command: list[str], settings: Settings) -> tuple[float, str]:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"exit {proc.returncode}: {last}")
-    return wall, proc.stdout
+    return wall
 
 
 def epochs(settings: Settings) -> int:
@@ -498,24 +497,24 @@ def last_epoch(results: Path, wall: float) -> Measured:
 def measure_main_epoch(filters: int, data_dir: Path, settings: Settings, extra: tuple[str, ...] = ()) -> Measured:
     """A main.py process's wall time and last epoch; the notes say the precision and layout it trained with."""
     with tempfile.TemporaryDirectory(prefix="upanets-bench-") as tmp:
-        wall, stdout = run_process([sys.executable, "main.py", "--data-dir", str(data_dir),
-                                    "--epochs", str(epochs(settings)), "--no-progress", "--filters", str(filters),
-                                    "--device", settings.device.type, "--run-name", "bench",
-                                    "--checkpoint-dir", f"{tmp}/checkpoint", "--save-path", f"{tmp}/results",
-                                    *extra], settings)
-        measured = last_epoch(Path(tmp) / "results" / "bench", wall)
-    speed = next((line for line in stdout.splitlines() if line.startswith("speed: ")), "")
-    choice = re.match(r"speed: (.+?) \((measured now|measured earlier|set by)", speed)
-    how = {"measured now": "measured now", "measured earlier": "cache warm", "set by": "set by flags"}
-    used = "" if choice is None else f"{choice.group(1)}, {how[choice.group(2)]}"
-    return dataclasses.replace(measured, notes="; ".join(n for n in (used, measured.notes) if n))
+        wall = run_process([sys.executable, "main.py", "--data-dir", str(data_dir),
+                            "--epochs", str(epochs(settings)), "--no-progress", "--filters", str(filters),
+                            "--device", settings.device.type, "--run-name", "bench",
+                            "--checkpoint-dir", f"{tmp}/checkpoint", "--save-path", f"{tmp}/results",
+                            *extra], settings)
+        results = Path(tmp) / "results" / "bench"
+        measured = last_epoch(results, wall)
+        choice = json.loads((results / "args.json").read_text())["speed_choice"]  # tuning.SpeedChoice.to_dict
+    how = {"measured": "measured now", "cache": "cache warm", "flags": "set by flags"}
+    used = f"{tuning.label(choice['amp'], choice['channels_last'])}, {how.get(choice['source'], choice['source'])}"
+    return dataclasses.replace(measured, notes=f"{used}; {measured.notes}")
 
 
 def measure_baseline_epoch(filters: int, data_dir: Path, settings: Settings) -> Measured:
     with tempfile.TemporaryDirectory(prefix="upanets-baseline-") as tmp:
-        wall, _ = run_process([sys.executable, "benchmarks/baseline_train.py", "--data-dir", str(data_dir),
-                               "--epochs", str(epochs(settings)), "--filters", str(filters),
-                               "--device", settings.device.type, "--save-path", tmp], settings)
+        wall = run_process([sys.executable, "benchmarks/baseline_train.py", "--data-dir", str(data_dir),
+                            "--epochs", str(epochs(settings)), "--filters", str(filters),
+                            "--device", settings.device.type, "--save-path", tmp], settings)
         return last_epoch(Path(tmp), wall)
 
 

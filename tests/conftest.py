@@ -24,6 +24,8 @@ import torch
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 MAIN = REPO_ROOT / "main.py"
+# A checkpoint as the original code's main.py saves it: {"net": DataParallel state dict, "acc", "epoch"}.
+ORIGINAL_CKPT = TESTS_DIR / "data" / "original_ckpt_filters8_classes10_img32.pth"
 
 torch.set_num_threads(1)
 CACHE_HOME = tempfile.mkdtemp(prefix="upanets-test-cache-")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data
-from conftest import REPO_ROOT, read_metrics, run_main, tiny_flags
+from conftest import ORIGINAL_CKPT, read_metrics, run_main, tiny_flags
 from fakedata import digits, make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet, write_image_folder
 from models.upanets import UPANets, load_weights
 
@@ -29,7 +29,6 @@ METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "b
                  "train_images_per_second"]
 TIMING_FIELDS = ("epoch_seconds", "train_images_per_second")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-ORIGINAL_CKPT = REPO_ROOT / "tests" / "data" / "original_ckpt_filters8_classes10_img32.pth"
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -13,10 +13,9 @@ import torch
 import data
 import export
 from checkpointing import save_checkpoint
-from conftest import REPO_ROOT, CliResult, child_env, one_line_error, run_script
+from conftest import ORIGINAL_CKPT, CliResult, child_env, one_line_error, run_script
 from models.upanets import UPANets, load_weights
 
-ORIGINAL_CKPT = REPO_ROOT / "tests" / "data" / "original_ckpt_filters8_classes10_img32.pth"
 CLASSES = ["ant", "bee", "cow"]
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 # Runs an exported file with onnxruntime or torch alone, in a folder without this repo and with `python -I`

@@ -17,12 +17,11 @@ from PIL import Image
 import data
 import predict
 from checkpointing import inference_spec, save_checkpoint
-from conftest import REPO_ROOT, CliResult, one_line_error, run_main, run_script, tiny_flags
+from conftest import ORIGINAL_CKPT, CliResult, one_line_error, run_main, run_script, tiny_flags
 from fakedata import make_image_folder, make_tiny_imagenet
 from models.upanets import UPANets, load_weights
 from utils import TrainingError
 
-ORIGINAL_CKPT = REPO_ROOT / "tests" / "data" / "original_ckpt_filters8_classes10_img32.pth"
 CLASSES = ("ant", "bee", "cow")
 
 

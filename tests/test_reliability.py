@@ -21,10 +21,9 @@ import pytest
 import torch
 
 import checkpointing
-from conftest import REPO_ROOT, child_env, one_line_error, read_metrics, run_main, tiny_flags
+from conftest import ORIGINAL_CKPT, REPO_ROOT, child_env, one_line_error, read_metrics, run_main, tiny_flags
 from fakedata import make_cifar10, make_cifar100, make_image_folder, write_cifar_pickle
 
-ORIGINAL_CKPT = REPO_ROOT / "tests" / "data" / "original_ckpt_filters8_classes10_img32.pth"
 TIMING_FIELDS = ("epoch_seconds", "train_images_per_second")
 
 

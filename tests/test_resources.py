@@ -23,7 +23,7 @@ import data
 import engine
 import main
 import utils
-from conftest import MAIN, child_env, one_line_error, read_metrics, tiny_flags
+from conftest import MAIN, ORIGINAL_CKPT, child_env, one_line_error, read_metrics, tiny_flags
 from fakedata import make_image_folder
 
 NO_SPACE = "No space left on device"
@@ -198,8 +198,7 @@ def test_out_of_memory_while_evaluating_names_only_what_evaluation_can_change(tm
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB.")
 
     monkeypatch.setattr(main, "evaluate", out_of_memory)
-    weights = Path(__file__).parent / "data" / "original_ckpt_filters8_classes10_img32.pth"
-    flags = ["--evaluate", "--weights", weights, "--dataset", "synthetic", "--batch-size", "64", "--device", "cpu",
+    flags = ["--evaluate", "--weights", ORIGINAL_CKPT, "--dataset", "synthetic", "--batch-size", "64", "--device", "cpu",
              "--amp", "off", "--no-channels-last", "--workers", "0", "--no-progress"]
     assert main.cli([str(flag) for flag in flags]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
