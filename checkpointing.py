@@ -68,6 +68,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ``weights_only`` refuses pickles that would run code on load.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TrainingError(f"{path} is a folder; give a checkpoint file in it, such as {path / 'best.pth'}")
     if not path.is_file():
         raise TrainingError(f"checkpoint not found: {path}")
     try:

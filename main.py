@@ -113,11 +113,13 @@ def fill_settings(args: argparse.Namespace, weights: dict[str, Any] | None) -> d
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject nonsense flag values before any work starts."""
-    utils.check_flag_ranges(
-        positive={"--epochs": args.epochs, "--batch-size": args.batch_size, "--lr": args.lr,
-                  "--dist-timeout": args.dist_timeout},
-        non_negative={"--seed": args.seed, "--momentum": args.momentum, "--weight-decay": args.weight_decay,
-                      "--workers": args.workers})
+    utils.check_flag_ranges(positive={"--epochs": args.epochs, "--batch-size": args.batch_size,
+                                      "--dist-timeout": args.dist_timeout},
+                            non_negative={"--seed": args.seed, "--workers": args.workers})
+    # The optimizer computes in float32: a larger value would overflow inside its first step.
+    utils.check_flag_ranges(positive={"--lr": args.lr},
+                            non_negative={"--momentum": args.momentum, "--weight-decay": args.weight_decay},
+                            at_most=torch.finfo(torch.float32).max)
     if args.batch_size < 2 and not args.evaluate:
         raise TrainingError("--batch-size must be at least 2 for training (BatchNorm needs two samples a batch)")
     if args.img_size is not None and args.dataset not in ("folder", "synthetic"):
@@ -135,11 +137,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise TrainingError("--evaluate needs --weights PATH (a checkpoint to evaluate)")
     if args.weights is not None and not args.evaluate:
         raise TrainingError("--weights is for --evaluate; use --resume to continue training from a checkpoint")
-    if args.weights is not None and args.weights.is_dir():
-        raise TrainingError(f"--weights {args.weights} is a folder; give a checkpoint file in it, such as "
-                            f"{args.weights / 'best.pth'}")
-    if args.weights is not None and not args.weights.is_file():
-        raise TrainingError(f"--weights {args.weights}: no such file")
     if args.resume is not None and args.evaluate:
         raise TrainingError("--resume and --evaluate do not go together; evaluate a checkpoint with --weights")
     if args.sync_bn and args.device == "cpu":
@@ -445,9 +442,7 @@ def train(args: argparse.Namespace, run: Run, folders: RunFolders, stop: StopReq
 def main(args: argparse.Namespace) -> nn.Module:
     """Train (or with --evaluate, evaluate) as the flags say; return the model (unwrapped, on its device)."""
     # The checkpoint to evaluate is read first: it says which model (and data set) the flags left out mean.
-    weights = None
-    if args.evaluate and args.weights is not None and args.weights.is_file():
-        weights = load_checkpoint(args.weights)
+    weights = load_checkpoint(args.weights) if args.evaluate and args.weights is not None else None
     from_weights = fill_settings(args, weights)
     check_args(args)
     context = utils.init_distributed("cuda" if args.device.startswith("cuda") or (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ def read_class_names(value: str) -> list[str]:
             names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise TrainingError(f"--classes {value}: cannot read it ({utils.one_line(e)})") from None
+    elif os.sep in value or path.suffix == ".txt":  # meant as a file, not a class name
+        raise TrainingError(f"--classes {value}: no such file")
     else:
         names = [name.strip() for name in value.split(",")]
     if not names or not all(names):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import errno
 import glob
 import json
 import math
@@ -30,8 +31,10 @@ class TrainingError(Exception):
     """A problem the user can fix (bad checkpoint, bad flag value, ...), with a one-line message."""
 
 
-def check_flag_ranges(*, positive: Mapping[str, float] = {}, non_negative: Mapping[str, float] = {}) -> None:
-    """Raise a TrainingError naming the first flag (``{"--lr": 0.1}``) whose value is out of range or not finite."""
+def check_flag_ranges(*, positive: Mapping[str, float] = {}, non_negative: Mapping[str, float] = {},
+                      at_most: float = math.inf) -> None:
+    """Raise a TrainingError naming the first flag (``{"--lr": 0.1}``) whose value is out of range (above
+    ``at_most`` included) or not finite."""
     for flag, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
             kind = "integer" if isinstance(value, int) else "number"
@@ -39,6 +42,9 @@ def check_flag_ranges(*, positive: Mapping[str, float] = {}, non_negative: Mappi
     for flag, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
             raise TrainingError(f"{flag} must be >= 0, got {value}")
+    for flag, value in {**positive, **non_negative}.items():
+        if value > at_most:
+            raise TrainingError(f"{flag} must be at most {at_most:.4g}, got {value:g}")
 
 
 def run_cli(run: Callable[[], int | None], *, memory_remedy: Callable[[], str],
@@ -55,8 +61,8 @@ def run_cli(run: Callable[[], int | None], *, memory_remedy: Callable[[], str],
     except TrainingError as e:
         message = str(e)
     except WriteError as e:
-        message = (f"cannot write {e.filename}: {e.strerror}; free space or fix the permissions"
-                   f"{after_failure()}")
+        remedy = "give a file, not a folder" if e.errno == errno.EISDIR else "free space or fix the permissions"
+        message = f"cannot write {e.filename}: {e.strerror}; {remedy}{after_failure()}"
     except OSError as e:  # reading: a folder or file that cannot be listed or opened
         message = f"cannot use {e.filename or 'a file'}: {e.strerror or e}{after_failure()}"
     except (RuntimeError, MemoryError) as e:

@@ -180,12 +180,16 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
     return {
         "missing weights": (["--weights", tmp / "missing.pth", images], f"checkpoint not found: {tmp / 'missing.pth'}"),
         "corrupt weights": (["--weights", tmp / "junk.pth", images], f"cannot read checkpoint {tmp / 'junk.pth'}: "),
+        "weights a folder": (["--weights", tmp, images],
+                             f"{tmp} is a folder; give a checkpoint file in it, such as {tmp / 'best.pth'}"),
         "no images": (["--weights", original, tmp / "empty"], "no images (.jpg, "),
         "missing path": (["--weights", original, tmp / "nowhere"], f"{tmp / 'nowhere'}: no such file or folder"),
         "topk 0": (["--weights", original, images, "--topk", "0"], "--topk must be a positive integer, got 0"),
         "topk > classes": (["--weights", original, images, "--topk", "11"], "--topk 11 exceeds the model's 10 classes"),
         "classes count": (["--weights", original, images, "--classes", "cat,dog"],
                           f"--classes names 2 classes but the model in {original} has 10 outputs"),
+        "classes file missing": (["--weights", original, images, "--classes", tmp / "classes.txt"],
+                                 f"--classes {tmp / 'classes.txt'}: no such file"),
         "img size": (["--weights", original, images, "--img-size", "64"],
                      f"{original} holds a model for 32x32 images, not --img-size 64"),
         "dataset classes": (["--weights", original, images, "--dataset", "cifar100"],
@@ -195,9 +199,9 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing weights", "corrupt weights", "no images", "missing path", "topk 0",
-                                  "topk > classes", "classes count", "img size", "dataset classes", "batch size",
-                                  "device"])
+@pytest.mark.parametrize("case", ["missing weights", "corrupt weights", "weights a folder", "no images",
+                                  "missing path", "topk 0", "topk > classes", "classes count", "classes file missing",
+                                  "img size", "dataset classes", "batch size", "device"])
 def test_bad_input_is_one_line_error(case, capsys, tmp_path):
     argv, message = bad_inputs(tmp_path)[case]
     result = run_predict(capsys, [*argv, "--workers", "0", "--csv", tmp_path / "p.csv"])

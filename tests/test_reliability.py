@@ -440,10 +440,10 @@ def test_bad_data_is_rejected_and_existing_checkpoint_kept(kind, good_run, tmp_p
     (["--batch-size", "0"], "error: --batch-size must be a positive integer, got 0"),
     (["--filters", "6"], "error: --filters must be a positive multiple of 4*blocks = 4, got filters=6"),
     (["--lr", "nan"], "error: --lr must be a positive number, got nan"),
+    (["--lr", "1e39"], "error: --lr must be at most 3.403e+38, got 1e+39"),
     (["--resume", "missing.pth"], "error: --resume missing.pth: no checkpoint at missing.pth"),
     (["--evaluate"], "error: --evaluate needs --weights PATH (a checkpoint to evaluate)"),
-    (["--evaluate", "--weights", "/tmp"],
-     "error: --weights /tmp is a folder; give a checkpoint file in it, such as /tmp/best.pth"),
+    (["--evaluate", "--weights", "/tmp"], "error: /tmp is a folder; give a checkpoint file in it, such as /tmp/best.pth"),
     (["--batch-size", "1"], "error: --batch-size must be at least 2 for training (BatchNorm needs two samples a batch)"),
     (["--seed", "-1"], "error: --seed must be >= 0, got -1"),
     (["--checkpoint-dir", "/dev/null"], "error: cannot write to /dev/null/cifar10-upanets16: "
@@ -451,8 +451,8 @@ def test_bad_data_is_rejected_and_existing_checkpoint_kept(kind, good_run, tmp_p
     # root passes permission checks there, yet no folder can be made
     (["--save-path", "/proc/x"], "error: cannot write to /proc/x/cifar10-upanets16: /proc is not a writable "
                                  "folder (No such file or directory)"),
-], ids=["negative-epochs", "zero-batch", "filters-6", "lr-nan", "resume-missing", "evaluate-no-weights",
-        "weights-a-folder", "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file", "save-path-in-proc"])
+], ids=["negative-epochs", "zero-batch", "filters-6", "lr-nan", "lr-overflows-float32", "resume-missing",
+        "evaluate-no-weights", "weights-a-folder", "batch-of-one", "negative-seed", "checkpoint-dir-is-a-file", "save-path-in-proc"])
 def test_bad_flags_are_rejected_before_any_work(flags, message, tmp_path, run_cli):
     started = time.monotonic()
     # --no-download: were a check missing, the run would stop at once on the missing ./data (another error

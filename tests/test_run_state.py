@@ -134,12 +134,14 @@ def test_mid_epoch_checkpoint_replays_only_the_same_batches(saved_world, resumed
 @pytest.mark.parametrize("error, line", [
     (utils.WriteError(28, "No space left on device", "/runs/last.pth"),
      "error: cannot write /runs/last.pth: No space left on device; free space or fix the permissions, then go on"),
+    (utils.WriteError(21, "Is a directory", "/runs/out"),
+     "error: cannot write /runs/out: Is a directory; give a file, not a folder, then go on"),
     (PermissionError(13, "Permission denied", "/data/train"),
      "error: cannot use /data/train: Permission denied, then go on"),
     (data.DataError("/data/x.png is truncated"), "error: /data/x.png is truncated"),
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
      "error: out of memory on the GPU (a request for 2.00 GiB); use less, then go on"),
-], ids=["full-disk", "unreadable-folder", "data-error", "out-of-memory"])
+], ids=["full-disk", "written-path-is-a-folder", "unreadable-folder", "data-error", "out-of-memory"])
 def test_run_cli_turns_what_a_user_can_fix_into_one_line(error, line, capsys):
     """A failed write says so and how to go on; other file errors do not claim to be writes."""
     def run() -> None:
