@@ -5,7 +5,7 @@
     state = EpochState.zeros(runtime.device)
     for images, labels in loader:                 # uint8 batches on the device
         train_step(trainer, images, labels, state, runtime)
-    stats = evaluate(model, criterion, test_loader, test_transform, runtime)
+    stats = evaluate(model, criterion, test_loader, test_transform, runtime)   # fp32 unless eval_amp_dtype is set
 """
 from __future__ import annotations
 
@@ -17,10 +17,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-import data
-from utils import DistributedContext, TrainingError, all_reduce_sum
+from augment import DeviceTransform, tta_logits
+from distributed import DistributedContext, all_reduce_sum
+from errors import UserError
+from loading import DeviceLoader
 
 # Steps between host-device synchronisations (progress bar, non-finite loss and stop-signal checks).
 SYNC_EVERY = 50
@@ -28,22 +31,31 @@ SYNC_EVERY = 50
 
 @dataclass
 class Runtime:
-    """Where and how the steps run: device, autocast precision, memory format, processes, progress bars."""
+    """Where and how the steps run: device, autocast precision of training and of evaluation (fp32 unless asked
+    for: reported accuracies must not depend on which precision trains fastest on a machine), memory format,
+    processes, progress bars."""
 
     device: torch.device
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     context: DistributedContext = field(default_factory=DistributedContext)
     progress: bool = False
+    eval_amp_dtype: torch.dtype | None = None
     autocast: torch.autocast = field(init=False, repr=False)
+    eval_autocast: torch.autocast = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # One context manager for every step; it is entered once per step, never nested.
         self.autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        self.eval_autocast = torch.autocast(self.device.type, dtype=self.eval_amp_dtype,
+                                            enabled=self.eval_amp_dtype is not None)
 
     def inputs(self, images: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """A uint8 batch as the model's input: transformed, in the model's memory format."""
-        inputs = transform(images)
+        return self.in_layout(transform(images))
+
+    def in_layout(self, inputs: torch.Tensor) -> torch.Tensor:
+        """A float batch in the model's memory format."""
         return inputs.contiguous(memory_format=torch.channels_last) if self.channels_last else inputs
 
 
@@ -52,10 +64,24 @@ class Trainer:
     """What a train step updates: ``model`` is the module it calls (DDP- or compile-wrapped, or not)."""
 
     model: nn.Module
-    criterion: nn.Module
+    criterion: nn.Module  # takes class indices or, under MixUp/CutMix, probabilities
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    augment: data.DeviceTransform  # uint8 batch -> randomly cropped, flipped, normalised float batch
+    augment: DeviceTransform  # uint8 batch -> augmented, normalised float batch (and MixUp/CutMix)
+    ema: AveragedModel | None = None  # the weights' moving average, updated every ema_steps steps
+    ema_steps: int = 1
+    clip_grad_norm: float | None = None
+    bare: nn.Module | None = None  # the model without DDP or compile wrappers, which the EMA averages
+    ema_copies: bool = False  # during the learning-rate warmup the EMA copies the weights instead of averaging
+
+    def update_ema(self, step: int) -> None:
+        """Average the weights into the EMA model after the optimizer step of ``step`` (0-based in its epoch), on
+        every ema_steps-th step, as torchvision's reference does (which restarts the average after each update
+        of the warmup, so that the average begins with the weights the warmup ends with)."""
+        if self.ema is not None and step % self.ema_steps == 0:
+            self.ema.update_parameters(self.bare if self.bare is not None else self.model)
+            if self.ema_copies:
+                self.ema.n_averaged.fill_(0)
 
 
 @dataclass
@@ -96,17 +122,27 @@ class EpochState:
 
 
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor, state: EpochState,
-               runtime: Runtime) -> None:
-    """One SGD step on a uint8 batch: augment, forward and loss under autocast, scaled backward, update."""
-    inputs = runtime.inputs(images, trainer.augment)
+               runtime: Runtime, indices: torch.Tensor | None = None) -> None:
+    """One optimizer step on a uint8 batch (``indices``: the images' places in the training set, which
+    alternating flips need): augment and mix, forward and loss under autocast, scaled backward, gradient
+    clipping, update, EMA.
+
+    Under MixUp/CutMix the loss takes the mixed targets and accuracy counts each image's dominant label.
+    """
+    inputs, targets, hits_of = trainer.augment.mix(trainer.augment(images, indices), labels, state.step)
+    inputs = runtime.in_layout(inputs)
     with runtime.autocast:
         outputs = trainer.model(inputs)
-        loss = trainer.criterion(outputs, labels)
+        loss = trainer.criterion(outputs, targets)
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.scaler.scale(loss).backward()
+    if trainer.clip_grad_norm is not None:
+        trainer.scaler.unscale_(trainer.optimizer)
+        nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.clip_grad_norm)
     trainer.scaler.step(trainer.optimizer)
     trainer.scaler.update()
-    state.record(loss.detach(), outputs, labels)
+    trainer.update_ema(state.step)
+    state.record(loss.detach(), outputs, hits_of)
 
 
 # ----------------------------------------------------------------------------- stop signals
@@ -168,7 +204,7 @@ def agree_across_ranks(stop: StopRequest, bad: bool, context: DistributedContext
 # ----------------------------------------------------------------------------- epochs
 
 
-def train_one_epoch(trainer: Trainer, loader: data.DeviceLoader, state: EpochState, runtime: Runtime, *,
+def train_one_epoch(trainer: Trainer, loader: DeviceLoader, state: EpochState, runtime: Runtime, *,
                     epoch: int, stop: StopRequest, on_sync: Callable[[EpochState], None] | None = None) -> bool:
     """Train from ``state.step`` to the end of the epoch; return False if a stop signal cut it short.
 
@@ -178,8 +214,8 @@ def train_one_epoch(trainer: Trainer, loader: data.DeviceLoader, state: EpochSta
     context = runtime.context
     with tqdm(total=len(loader), initial=state.step, desc=f"epoch {epoch + 1} train", disable=not runtime.progress,
               leave=False, dynamic_ncols=True) as bar:
-        for images, labels in loader.iter_from(state.step):
-            train_step(trainer, images, labels, state, runtime)
+        for images, labels, indices in loader.iter_from(state.step, with_indices=True):
+            train_step(trainer, images, labels, state, runtime, indices)
             bar.update()
 
             at_sync = state.step % SYNC_EVERY == 0 or state.step == len(loader)
@@ -189,7 +225,7 @@ def train_one_epoch(trainer: Trainer, loader: data.DeviceLoader, state: EpochSta
                 stopping, any_bad = agree_across_ranks(stop, bad_step >= 0, context)
                 if any_bad:  # checked before a stop saves: never a checkpoint of weights a non-finite loss ruined
                     where = f"step {bad_step + 1}" if bad_step >= 0 else "a step of another process"
-                    raise TrainingError(
+                    raise UserError(
                         f"training loss became non-finite at epoch {epoch + 1}, {where}; stopped without "
                         "saving (the last checkpoint is kept). Try a lower --lr or --amp off"
                     )
@@ -204,11 +240,15 @@ def train_one_epoch(trainer: Trainer, loader: data.DeviceLoader, state: EpochSta
 
 
 def eval_step(model: nn.Module, criterion: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              transform: Callable[[torch.Tensor], torch.Tensor], sums: torch.Tensor, runtime: Runtime) -> None:
-    """Add a uint8 batch's summed loss, top-1 hits, top-5 hits and image count to ``sums`` (float64, on the device)."""
+              transform: Callable[[torch.Tensor], torch.Tensor], sums: torch.Tensor, runtime: Runtime,
+              tta: str = "none") -> None:
+    """Add a uint8 batch's summed loss, top-1 hits, top-5 hits and image count to ``sums`` (float64, on the device).
+
+    ``tta``: the test-time views whose logits are averaged (augment.TTA_MODES).
+    """
     inputs = runtime.inputs(images, transform)
-    with runtime.autocast:
-        outputs = model(inputs)
+    with runtime.eval_autocast:
+        outputs = tta_logits(model, inputs, tta)
         loss = criterion(outputs, labels)
     top5 = outputs.topk(min(5, outputs.shape[1]), dim=1).indices
     hits = top5 == labels[:, None]
@@ -219,13 +259,14 @@ def eval_step(model: nn.Module, criterion: nn.Module, images: torch.Tensor, labe
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, criterion: nn.Module, loader: data.DeviceLoader,
-             transform: Callable[[torch.Tensor], torch.Tensor], runtime: Runtime) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over the whole test set, all-reduced across processes."""
+def evaluate(model: nn.Module, criterion: nn.Module, loader: DeviceLoader,
+             transform: Callable[[torch.Tensor], torch.Tensor], runtime: Runtime, *, tta: str = "none",
+             desc: str = "test") -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over the whole split, all-reduced across processes."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=runtime.device)  # loss, top-1, top-5, images
-    for images, labels in tqdm(loader, desc="test", disable=not runtime.progress, leave=False, dynamic_ncols=True):
-        eval_step(model, criterion, images, labels, transform, sums, runtime)
+    for images, labels in tqdm(loader, desc=desc, disable=not runtime.progress, leave=False, dynamic_ncols=True):
+        eval_step(model, criterion, images, labels, transform, sums, runtime, tta)
     all_reduce_sum(sums, runtime.context)
     loss_sum, top1, top5_hits, count = sums.tolist()
     return {"loss": loss_sum / count, "acc1": 100 * top1 / count, "acc5": 100 * top5_hits / count, "images": count}

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-import utils
-from checkpointing import InferenceSpec
-from predict import add_checkpoint_args, load_spec
-from utils import TrainingError
+import commandline
+from errors import UserError
+from files import atomic_write, check_writable
+from inference import InferenceSpec, load_spec
 
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2"}
 OPSET = 18
@@ -31,9 +31,8 @@ METADATA_FILE = "upanets.json"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Export a trained UPANets to ONNX or torch.export",
-                                     add_help=add_help)
-    add_checkpoint_args(parser)
+    parser = commandline.make_parser("Export a trained UPANets to ONNX or torch.export", add_help=add_help)
+    commandline.add_checkpoint_args(parser.add_argument_group("checkpoint"))
     parser.add_argument("--format", required=True, choices=tuple(FORMATS),
                         help=f"onnx (opset {OPSET}, for onnxruntime and others) or exported-program "
                         "(torch.export, saved as .pt2)")
@@ -48,7 +47,7 @@ def parse_batch(value: str) -> int | None:
     if value == "dynamic":
         return None
     if not value.isdigit() or int(value) < 1:
-        raise TrainingError(f"--batch must be 'dynamic' or a positive integer, got {value!r}")
+        raise UserError(f"--batch must be 'dynamic' or a positive integer, got {value!r}")
     return int(value)
 
 
@@ -98,9 +97,9 @@ def export(spec: InferenceSpec, fmt: str, out: Path, batch: int | None) -> str:
     with torch.inference_mode():
         difference = (run(check) - model(check)).abs().max().item()
     if not difference <= TOLERANCE:
-        raise TrainingError(f"the exported model's logits differ from the eager model's by {difference:.3g} "
+        raise UserError(f"the exported model's logits differ from the eager model's by {difference:.3g} "
                             f"(more than {TOLERANCE:g}) on a batch of {len(check)}; {out} was not written")
-    with utils.atomic_write(out) as f:
+    with atomic_write(out) as f:
         f.write(payload)
     size = "batch" if batch is None else str(batch)
     return (f"exported {spec.source} to {out} ({what}; input float32 ({size}, {', '.join(map(str, shape))}), "
@@ -111,7 +110,7 @@ def export(spec: InferenceSpec, fmt: str, out: Path, batch: int | None) -> str:
 def main(args: argparse.Namespace) -> None:
     batch = parse_batch(args.batch)
     out = args.out or args.weights.with_suffix(FORMATS[args.format])
-    utils.check_writable(out.parent)
+    check_writable(out.parent)
     spec = load_spec(args)
     spec.normalization()  # the file records the inputs it takes: a checkpoint that does not say needs --dataset
     print(export(spec, args.format, out, batch))
@@ -119,7 +118,7 @@ def main(args: argparse.Namespace) -> None:
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return utils.run_cli(lambda: main(args), memory_remedy=lambda: "export on a machine with more memory")
+    return commandline.run_cli(lambda: main(args), memory_remedy=lambda: "export on a machine with more memory")
 
 
 if __name__ == "__main__":

@@ -34,53 +34,65 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import data
-import utils
-from checkpointing import (load_checkpoint, load_model_weights, saved_model_config, saved_normalization,
-                           saved_settings, section)
+import commandline
+import datasets
+import tuning
+from augment import DeviceTransform
+from checkpointing import load_checkpoint, load_model_weights
+from decoding import ImageDataset, StreamingDataset
+from distributed import resolve_device
 from engine import Runtime, evaluate
+from errors import DataError, UserError
+from files import atomic_write, check_writable
+from inference import chosen_weights, fill_settings, saved_model_config, saved_normalization, section
+from loading import DeviceLoader
+from metrics import pyplot, save_figure
 from models.upanets import HEADS, UPANets, config_repr
-from utils import TrainingError
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Loss landscapes of UPANets checkpoints (Li et al. 2018)",
-                                     add_help=add_help)
-    parser.add_argument("--weights", required=True, nargs="+", type=Path, metavar="PATH",
-                        help="checkpoints to compare (this repo's, or the original code's ckpt.pth)")
-    data.add_dataset_args(parser)
-    parser.add_argument("--images", default=500, type=int, help="training images the loss is measured on")
-    parser.add_argument("--points", default=21, type=int, help="grid points per direction (odd: 0 is one of them)")
-    parser.add_argument("--span", default=1.0, type=float, help="the grid covers [-span, span] in each direction")
-    parser.add_argument("--dims", default=1, type=int, choices=(1, 2), help="1: a curve; 2: a surface")
-    parser.add_argument("--batch-size", default=100, type=int, help="images per evaluation batch")
-    parser.add_argument("--seed", default=0, type=int, help="seed of the directions and of the image sample")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--head", default=None, choices=HEADS,
-                        help="the head of checkpoints that do not record theirs (default: read from the weights)")
-    parser.add_argument("--filters", default=None, type=int,
-                        help="the base filters of checkpoints that do not record theirs (default: from the weights)")
-    parser.add_argument("--workers", default=4, type=int, help="processes decoding image files")
-    parser.add_argument("--out", default=Path("results/landscape"), type=Path,
+    parser = commandline.make_parser("Loss landscapes of UPANets checkpoints (Li et al. 2018)", add_help=add_help)
+    weights = parser.add_argument_group("checkpoints")
+    weights.add_argument("--weights", required=True, nargs="+", type=Path, metavar="PATH",
+                         help="checkpoints to compare (this repo's, or the original code's ckpt.pth)")
+    weights.add_argument("--head", default=None, choices=HEADS,
+                         help="the head of checkpoints that do not record theirs (default: read from the weights)")
+    weights.add_argument("--filters", default=None, type=int,
+                         help="the base filters of checkpoints that do not record theirs (default: from the weights)")
+    commandline.add_weights_choice_arg(weights)
+    data = parser.add_argument_group("data")
+    commandline.add_dataset_args(data, dataset_help="the first checkpoint, else cifar10")
+    commandline.add_img_size_arg(data, "image size for --dataset folder/synthetic (default: the checkpoint's, "
+                                 "else 32)")
+    commandline.add_workers_arg(data)
+    data.add_argument("--images", default=500, type=int, help="training images the loss is measured on")
+    grid_flags = parser.add_argument_group("grid")
+    grid_flags.add_argument("--points", default=21, type=int,
+                            help="grid points per direction (odd: 0 is one of them)")
+    grid_flags.add_argument("--span", default=1.0, type=float, help="the grid covers [-span, span] in each direction")
+    grid_flags.add_argument("--dims", default=1, type=int, choices=(1, 2), help="1: a curve; 2: a surface")
+    grid_flags.add_argument("--seed", default=0, type=int, help="seed of the directions and of the image sample")
+    speed = parser.add_argument_group("speed")
+    commandline.add_batch_size_arg(speed, 100, "images per evaluation batch")
+    commandline.add_device_args(speed)
+    speed.add_argument("--eval-amp", default="off", choices=("off", "bf16", "fp16"),
+                       help="autocast precision of the evaluations (off: fp32)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default=Path("results/landscape"), type=Path,
                         help="folder for landscape.csv and landscape.png")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    commandline.add_progress_arg(output)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject nonsense flag values before any work starts."""
     if args.points < 3 or args.points % 2 == 0:
-        raise TrainingError(f"--points must be an odd number >= 3, so that the grid holds the checkpoint itself "
-                            f"(alpha = 0), got {args.points}")
-    utils.check_flag_ranges(positive={"--span": args.span, "--images": args.images, "--batch-size": args.batch_size},
-                            non_negative={"--seed": args.seed, "--workers": args.workers})
-    if args.img_size is not None:
-        if args.dataset not in (None, "folder", "synthetic"):
-            raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset}")
-        if args.img_size < 8:  # before any image is decoded at that size
-            raise TrainingError(f"--img-size must be >= 8 (the last stage is img // 8 pixels wide), "
-                                f"got {args.img_size}")
-    utils.check_writable(args.out)
+        raise UserError(f"--points must be an odd number >= 3, so that the grid holds the checkpoint itself "
+                        f"(alpha = 0), got {args.points}")
+    commandline.check_flag_ranges(positive={"--span": args.span, "--images": args.images,
+                                            "--batch-size": args.batch_size},
+                                  non_negative={"--seed": args.seed, "--workers": args.workers})
+    check_writable(args.out)
 
 
 # ----------------------------------------------------------------------------- the landscape
@@ -92,14 +104,14 @@ def grid(points: int, span: float) -> list[float]:
     return [span * (2 * i - (points - 1)) / (points - 1) for i in range(points)]
 
 
-def sample_images(train: data.ImageDataset | data.StreamingDataset, count: int, seed: int) -> data.ImageDataset:
+def sample_images(train: ImageDataset | StreamingDataset, count: int, seed: int) -> ImageDataset:
     """A seeded choice of ``count`` training images, in their order in the set, decoded into memory."""
     if count > len(train):
-        raise data.DataError(f"--images {count} is more than the {len(train)} training images the set holds")
+        raise DataError(f"--images {count} is more than the {len(train)} training images the set holds")
     chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    if isinstance(train, data.ImageDataset):
-        return data.ImageDataset(train.images[chosen].contiguous(), train.labels[chosen])
-    return data.ImageDataset(torch.stack([train[i][0] for i in chosen.tolist()]), train.labels[chosen])
+    if isinstance(train, ImageDataset):
+        return ImageDataset(train.images[chosen].contiguous(), train.labels[chosen])
+    return ImageDataset(torch.stack([train[i][0] for i in chosen.tolist()]), train.labels[chosen])
 
 
 def filter_normalized_direction(weights: Sequence[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
@@ -126,8 +138,8 @@ class Landscape:
 
 
 @torch.no_grad()
-def measure(model: nn.Module, coords: Sequence[float], dims: int, seed: int, loader: data.DeviceLoader,
-            transform: data.DeviceTransform, runtime: Runtime, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+def measure(model: nn.Module, coords: Sequence[float], dims: int, seed: int, loader: DeviceLoader,
+            transform: DeviceTransform, runtime: Runtime, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
     """Evaluate ``model`` at every grid point of ``coords`` along ``dims`` seeded filter-normalised directions."""
     weights = [p for p in model.parameters() if p.dim() > 1]  # the 1-d ones have no filters and stay fixed
     origin = [w.detach().clone() for w in weights]
@@ -153,7 +165,7 @@ def measure(model: nn.Module, coords: Sequence[float], dims: int, seed: int, loa
 
 
 def build_model(path: Path, checkpoint: dict[str, Any], args: argparse.Namespace,
-                bundle: data.DataBundle) -> UPANets:
+                bundle: datasets.DataBundle) -> UPANets:
     """The checkpoint's model with its weights, for the data set's classes and images; --head and --filters,
     when given, must be what the checkpoint holds."""
     saved = saved_model_config(checkpoint, path)
@@ -162,8 +174,8 @@ def build_model(path: Path, checkpoint: dict[str, Any], args: argparse.Namespace
     try:
         model = UPANets(**config)
     except (TypeError, ValueError) as e:
-        raise TrainingError(f"{path}: {e}") from None
-    load_model_weights(model, checkpoint, path)
+        raise UserError(f"{path}: {e}") from None
+    load_model_weights(model, chosen_weights(checkpoint, args.raw_weights)[0], path)
     return model
 
 
@@ -177,7 +189,7 @@ def label(path: Path, checkpoint: dict[str, Any], head: str) -> str:
 
 
 def write_csv(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], dims: int) -> None:
-    with utils.atomic_write(path, "w") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["checkpoint", "alpha", *(["beta"] if dims == 2 else []), "loss", "accuracy"])
         for landscape in landscapes:
@@ -193,7 +205,7 @@ def plot(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], d
     """
     from matplotlib.colors import LogNorm
 
-    plt = utils.pyplot()
+    plt = pyplot()
 
     if dims == 1:
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -224,72 +236,78 @@ def plot(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], d
             ax.set_aspect("equal")
     fig.suptitle(f"loss landscape (Li et al. 2018), {images} training images")
     fig.tight_layout()
-    utils.save_figure(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(args: argparse.Namespace) -> list[Landscape]:
-    """Measure, write and plot the landscapes the flags ask for; return them."""
-    check_args(args)
-    device = utils.resolve_device(args.device)
-    checkpoints = {path: load_checkpoint(path) for path in args.weights}  # a bad file fails before any work
+def load_checkpoints(args: argparse.Namespace) -> tuple[dict[Path, dict[str, Any]], datasets.DataBundle]:
+    """The checkpoints (a bad file fails before any work) and the data set they were trained on: --dataset and
+    --img-size, else the first checkpoint's, as the one resolver (inference.fill_settings) fills them in."""
+    checkpoints = {path: load_checkpoint(path) for path in args.weights}
     first_path, first = next(iter(checkpoints.items()))
-    settings = saved_settings(first, first_path)
-    if args.dataset is None:
-        args.dataset = settings.get("dataset", "cifar10")
-        if args.img_size is not None and args.dataset not in ("folder", "synthetic"):
-            raise TrainingError(f"--img-size applies to --dataset folder or synthetic, not {args.dataset} "
-                                f"(which {first_path} was trained on)")
+    fill_settings(args, first, first_path, {"dataset": "cifar10"})
     for path, checkpoint in checkpoints.items():
         trained_on = section(checkpoint, "data").get("dataset")
         if trained_on not in (None, args.dataset):
-            raise TrainingError(f"{path} was trained on {trained_on}, not {args.dataset}; pass --dataset {trained_on}")
-    img_size = args.img_size
-    if img_size is None and args.dataset == settings.get("dataset"):
-        img_size = settings.get("img_size")
-    bundle = data.load_data(args.dataset, args.data_dir, download=args.download, img_size=img_size,
-                            workers=args.workers, seed=section(first, "args").get("seed", 0))
+            raise UserError(f"{path} was trained on {trained_on}, not {args.dataset}; pass --dataset {trained_on}")
+    bundle = datasets.load_data(args.dataset, args.data_dir, download=args.download, img_size=args.img_size,
+                                workers=args.workers, seed=section(first, "args").get("seed", 0))
+    return checkpoints, bundle
+
+
+def main(args: argparse.Namespace) -> list[Landscape]:
+    """Measure, write and plot the landscapes the flags ask for; return them."""
+    check_args(args)
+    device = resolve_device(args.device)
+    checkpoints, bundle = load_checkpoints(args)
     models = {path: build_model(path, checkpoint, args, bundle) for path, checkpoint in checkpoints.items()}
     sample = sample_images(bundle.train, args.images, args.seed)
-    loader = data.DeviceLoader(sample, args.batch_size, shuffle=False, device=device, workers=0)
-    runtime = Runtime(device)  # fp32, the default memory format: the origin is an ordinary fp32 evaluation
+    loader = DeviceLoader(sample, args.batch_size, shuffle=False, device=device, workers=0)
+    # fp32 unless --eval-amp, the default memory format: the origin is an ordinary evaluation.
+    runtime = Runtime(device, eval_amp_dtype=tuning.autocast_dtype(args.eval_amp))
     coords = grid(args.points, args.span)
-
     landscapes = []
     with tqdm(total=len(checkpoints) * args.points ** args.dims, desc="landscape", dynamic_ncols=True,
               disable=True if args.no_progress else None) as bar:
         for path, checkpoint in checkpoints.items():
             model = models.pop(path).to(device)
             normalization = saved_normalization(checkpoint, bundle.name) or (bundle.mean, bundle.std)
-            transform = data.DeviceTransform(*normalization, device=device)
+            transform = DeviceTransform(*normalization, device=device)
             loss, accuracy = measure(model, coords, args.dims, args.seed, loader, transform, runtime, bar)
             centre = (args.points // 2,) * args.dims
             if not math.isfinite(loss[centre]):
-                raise TrainingError(f"{path}: the loss of the checkpoint itself is not finite; its weights are ruined")
+                raise UserError(f"{path}: the loss of the checkpoint itself is not finite; its weights are ruined")
             landscapes.append(Landscape(path, label(path, checkpoint, model.head), loss, accuracy))
             bar.write(f"{path}: {config_repr(model.config)}, loss {loss[centre]:.4f}, top-1 "
                       f"{accuracy[centre]:.2f}% on {len(sample)} training images", file=sys.stdout)
+    write_outputs(args.out, landscapes, coords, args.dims, len(sample))
+    return landscapes
 
-    write_csv(args.out / "landscape.csv", landscapes, coords, args.dims)
-    plot(args.out / "landscape.png", landscapes, coords, args.dims, len(sample))
-    print(f"wrote {args.out / 'landscape.csv'} and {args.out / 'landscape.png'}")
+
+def write_outputs(out: Path, landscapes: Sequence[Landscape], coords: Sequence[float], dims: int,
+                  images: int) -> None:
+    """landscape.csv and landscape.png in ``out``, and a note when some losses are not finite."""
+    write_csv(out / "landscape.csv", landscapes, coords, dims)
+    plot(out / "landscape.png", landscapes, coords, dims, images)
+    print(f"wrote {out / 'landscape.csv'} and {out / 'landscape.png'}")
     bad = sum(int((~np.isfinite(landscape.loss)).sum()) for landscape in landscapes)
     if bad:
         total = sum(landscape.loss.size for landscape in landscapes)
         print(f"note: the loss is not finite at {bad} of {total} grid points, away from the checkpoints; "
               "landscape.csv records them and the plot leaves them out (a smaller --span stays inside)",
               file=sys.stderr)
-    return landscapes
 
 
 def cli(argv: Iterable[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+
     def run() -> None:
         main(args)
 
-    return utils.run_cli(run, memory_remedy=lambda: "use a smaller --batch-size, or fewer --images for a streamed set")
+    return commandline.run_cli(run, memory_remedy=lambda: "use a smaller --batch-size, or fewer --images for a "
+                               "streamed set")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The fastest precision and memory layout on the machine at hand, found by timing the run's own step.
+"""How the model runs fastest on the machine at hand: the precision and memory layout found by timing the run's
+own step, and ``torch.compile`` as ``main.py --compile`` applies it.
 
 As ``torch.backends.cudnn.benchmark`` does for kernels, ``--amp auto`` and an unset ``--channels-last``
 are decided by timing a few steps of the model being trained, at the run's batch size and thread count,
@@ -14,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -26,11 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-import data
 import engine
-import utils
+from augment import DeviceTransform
+from distributed import DistributedContext
+from errors import UserError, one_line
+from files import atomic_write
 from models.upanets import UPANets
-from utils import DistributedContext, TrainingError
+from utils import device_name
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CACHE_VERSION = 1
@@ -79,6 +81,11 @@ class SpeedChoice:
         return f"speed: {self.label} ({how}" + (f"; images/s: {rates})" if rates else ")")
 
 
+def autocast_dtype(flag: str) -> torch.dtype | None:
+    """The autocast dtype of an --amp or --eval-amp value naming one precision (off and fp32: None)."""
+    return AMP_DTYPES["fp32" if flag == "off" else flag]
+
+
 def label(amp: str, channels_last: bool) -> str:
     return f"{amp} + channels_last" if channels_last else amp
 
@@ -94,15 +101,15 @@ def amp_candidates(flag: str, device: torch.device) -> list[str]:
         # Native bf16 needs compute capability 8.0 (Ampere); older GPUs only emulate it, slowly.
         bf16_ok = torch.cuda.get_device_capability(device) >= (8, 0)
         if flag == "bf16" and not bf16_ok:
-            raise TrainingError("--amp bf16: this GPU has no bf16 support; use --amp fp16 or off")
+            raise UserError("--amp bf16: this GPU has no bf16 support; use --amp fp16 or off")
         return ["fp32", "bf16" if bf16_ok else "fp16"] if flag == "auto" else [flag]
     if device.type == "cpu":
         if flag == "fp16":
-            raise TrainingError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
+            raise UserError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
         return ["fp32", "bf16"] if flag == "auto" else [flag]
     if flag == "auto":
         return ["fp32"]
-    raise TrainingError(f"--amp {flag} is supported on cuda and cpu, not {device.type}")
+    raise UserError(f"--amp {flag} is supported on cuda and cpu, not {device.type}")
 
 
 def candidates(amp_flag: str, channels_last_flag: bool | None, device: torch.device) -> list[tuple[str, bool]]:
@@ -111,17 +118,6 @@ def candidates(amp_flag: str, channels_last_flag: bool | None, device: torch.dev
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's or CPU's model name, which keys the cache."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def time_steps(step: Callable[[], None], device: torch.device, batch_size: int) -> float:
@@ -145,7 +141,7 @@ def _synchronize(device: torch.device) -> None:
 def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.device, batch_size: int,
                train: bool, compile: bool = False) -> Callable[[], None]:
     """The run's step (engine.train_step or engine.eval_step) on a copy of ``model`` and a random uint8 batch,
-    through ``utils.compile_model`` with ``compile``. The benchmark times its rows with it too.
+    through ``compile_model`` with ``compile``. The benchmark times its rows with it too.
 
     Nothing here draws from the global RNGs, so a run gives the same results whether it measured or not.
     """
@@ -156,12 +152,12 @@ def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.devi
     bare = copy.deepcopy(model).to(device)
     if channels_last:
         bare.to(memory_format=torch.channels_last)
-    net = utils.compile_model(bare, device, batch_size) if compile else bare
+    net = compile_model(bare, device, batch_size) if compile else bare
     runtime = engine.Runtime(device, amp_dtype=AMP_DTYPES[amp], channels_last=channels_last)
     criterion = nn.CrossEntropyLoss()
     normalize = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device=device)
     if not train:
-        transform = data.DeviceTransform(**normalize)
+        transform = DeviceTransform(**normalize)
         sums = torch.zeros(4, dtype=torch.float64, device=device)
         net.eval()
 
@@ -172,7 +168,7 @@ def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.devi
         return step
     optimizer = torch.optim.SGD(bare.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    augment = data.DeviceTransform(**normalize, pad=model.img // 8, flip=True)
+    augment = DeviceTransform(**normalize, pad=model.img // 8, flip=True)
     trainer = engine.Trainer(net.train(), criterion, optimizer, scaler, augment)
     state = engine.EpochState.zeros(device)
     return lambda: engine.train_step(trainer, images, labels, state, runtime)
@@ -235,10 +231,10 @@ def read_cache() -> dict[str, dict[str, float]]:
 def write_cache(entries: dict[str, dict[str, float]]) -> None:
     """Replace the cache file; a cache that cannot be written is only a lost shortcut, never an error."""
     try:
-        with utils.atomic_write(cache_path(), "w") as f:
+        with atomic_write(cache_path(), "w") as f:
             json.dump({"version": CACHE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
     except (OSError, RuntimeError) as e:
-        warnings.warn(f"cannot write the speed cache {cache_path()} ({utils.one_line(e)}); the next run will "
+        warnings.warn(f"cannot write the speed cache {cache_path()} ({one_line(e)}); the next run will "
                       "measure again", stacklevel=2)
 
 
@@ -289,5 +285,36 @@ def _broadcast(choice: SpeedChoice | None, options: list[tuple[str, bool]],
     dist.broadcast_object_list(holder, src=0)
     received = holder[0]
     if (received.amp, received.channels_last) not in options:  # the ranks were given different flags
-        raise TrainingError(f"rank 0 chose {received.label}, which this rank's flags do not allow")
+        raise UserError(f"rank 0 chose {received.label}, which this rank's flags do not allow")
     return received
+
+
+# ----------------------------------------------------------------------------- compilation
+
+
+def compile_model(model: torch.nn.Module, device: torch.device, batch_size: int,
+                  distributed: bool = False) -> torch.nn.Module:
+    """``torch.compile`` as ``main.py --compile`` applies it, for batches of ``batch_size`` images.
+
+    At batch 100 a GPU step is bound by kernel launches, which CUDA graphs ("reduce-overhead")
+    remove; under DDP the gradient all-reduce hooks stay outside graphs, so it keeps the default mode.
+    Batches of another size run eagerly (see :class:`CompiledForBatch`).
+    """
+    mode = "reduce-overhead" if device.type == "cuda" and not distributed else None
+    return CompiledForBatch(model, torch.compile(model, mode=mode), batch_size)
+
+
+class CompiledForBatch(torch.nn.Module):
+    """``compiled`` for batches of ``batch_size`` images, the eager ``model`` (the same parameters) for others.
+
+    An epoch's last batch is usually smaller: compiling (and capturing CUDA graphs) again for its shape, in
+    training and in evaluation, cost more than that one step eager, and made a compiled epoch take minutes.
+    Train and eval mode still compile once each.
+    """
+
+    def __init__(self, model: torch.nn.Module, compiled: torch.nn.Module, batch_size: int) -> None:
+        super().__init__()
+        self.model, self.compiled, self.batch_size = model, compiled, batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.compiled if x.shape[0] == self.batch_size else self.model)(x)

@@ -37,9 +37,9 @@ from torchvision import transforms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data import ORIGINAL_CIFAR_NORMALIZATION  # noqa: E402  (needs the repo root on sys.path)
+from datasets import ORIGINAL_CIFAR_NORMALIZATION  # noqa: E402  (needs the repo root on sys.path)
 from models import upanets  # noqa: E402
-from utils import MetricsLogger  # noqa: E402
+from metrics import MetricsLogger  # noqa: E402
 
 ORIGINAL_MEAN, ORIGINAL_STD = ORIGINAL_CIFAR_NORMALIZATION
 

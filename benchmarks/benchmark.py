@@ -53,14 +53,19 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks"), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-import data  # noqa: E402  (needs the repo root on sys.path)
+import augment  # noqa: E402  (needs the repo root on sys.path)
+import augment_ops  # noqa: E402
+import datasets  # noqa: E402
+import decoding  # noqa: E402
+import errors  # noqa: E402
+import loading  # noqa: E402
 import tuning  # noqa: E402
-import utils  # noqa: E402
+import distributed  # noqa: E402
 from baseline_train import PilImages, original_computation, train_transform  # noqa: E402
-from fakedata import make_cifar10  # noqa: E402  (CIFAR-10 files in the official format)
 from models.upanets import UPANets, check_config  # noqa: E402
+from sampledata import make_cifar10  # noqa: E402  (CIFAR-10 files in the official format)
 
 BATCH = 100
 IMG = 32
@@ -74,7 +79,9 @@ SECTIONS = {  # key: (title, metric column, whether higher values are better)
     "train": (f"1. Train step: forward + backward + SGD step, batch {BATCH}, {IMG}x{IMG}", "images/s", True),
     "eval": (f"2. Eval: forward in inference mode, batch {BATCH}", "images/s", True),
     "data": (f"3. Data pipeline: random crop + flip + normalise into batches of {BATCH}", "images/s", True),
-    "epoch": ("4. Epochs (train + test): whole process, and the last epoch alone", "wall time (s)", False),
+    "augment": (f"4. Recipe augmentation per image: crop + flip + TrivialAugmentWide + normalise + RandomErasing(0.1), "
+                f"batches of {BATCH}", "images/s", True),
+    "epoch": ("5. Epochs (train + test): whole process, and the last epoch alone", "wall time (s)", False),
 }
 
 
@@ -159,7 +166,7 @@ def run_guarded(section: str, group: str, variant: str, measure: Callable[[], Me
             measured = measure()
             result = dataclasses.replace(result, **dataclasses.asdict(measured))
         except Exception as e:  # any failure of one row is reported in the table
-            result.error = utils.one_line(e)[:300]
+            result.error = errors.one_line(e)[:300]
         gc.collect()
         if settings.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -252,7 +259,7 @@ def check_numerics(settings: Settings) -> list[str]:
             lines.append(f"UPANets{filters}, baseline vs ours, fp32 eval + train logits: "
                          f"max |diff| {diff:.1e} (tolerance {NUMERICS_TOLERANCE:.0e}) {verdict}")
         except Exception as e:  # reported, never fatal
-            lines.append(f"UPANets{filters}, baseline vs ours: check failed ({utils.one_line(e)[:300]})")
+            lines.append(f"UPANets{filters}, baseline vs ours: check failed ({errors.one_line(e)[:300]})")
     if ORIGINAL_LOGITS_FILE.is_file():
         lines.append(check_against_original_logits(settings.device))
     return lines
@@ -275,7 +282,7 @@ def check_against_original_logits(device: torch.device) -> str:
         return (f"UPANets{a['filters']}, baseline vs the original code's saved logits "
                 f"({ORIGINAL_LOGITS_FILE.relative_to(REPO)}): max |diff| {max(diffs):.1e} {verdict}")
     except Exception as e:  # reported, never fatal
-        return f"baseline vs the original code's saved logits: check failed ({utils.one_line(e)[:300]})"
+        return f"baseline vs the original code's saved logits: check failed ({errors.one_line(e)[:300]})"
 
 
 # ----------------------------------------------------------------------------- 1. train step
@@ -349,7 +356,7 @@ def main_default_variant(label: str, filters: int, settings: Settings, train: bo
     """``label``, run with the precision and layout that main.py's defaults (--amp auto, --channels-last unset)
     choose on this machine: measured by tuning.choose, or read from its cache, as main.py would."""
     choice = tuning.choose(make_model(filters, torch.device("cpu")), amp_flag="auto", channels_last_flag=None,
-                           device=settings.device, batch_size=BATCH, train=train, context=utils.DistributedContext())
+                           device=settings.device, batch_size=BATCH, train=train, context=distributed.DistributedContext())
     source = {"measured": "measured now", "cache": "cached"}.get(choice.source, choice.source)
     return Variant(f"{label} ({choice.label}; {source})", amp=choice.amp, channels_last=choice.channels_last,
                    compile=compile)
@@ -434,10 +441,10 @@ def measure_pil_pipeline(images: np.ndarray, labels: np.ndarray, workers: int,
 
 
 def measure_device_pipeline(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Measured:
-    """data.DeviceLoader + data.DeviceTransform, as main.py trains; the second of two epochs is timed."""
-    dataset = data.ImageDataset(torch.from_numpy(images), torch.from_numpy(labels))
-    loader = data.DeviceLoader(dataset, BATCH, shuffle=True, device=device)
-    transform = data.DeviceTransform(*data.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True)
+    """loading.DeviceLoader + augment.DeviceTransform, as main.py trains; the second of two epochs is timed."""
+    dataset = decoding.ImageDataset(torch.from_numpy(images), torch.from_numpy(labels))
+    loader = loading.DeviceLoader(dataset, BATCH, shuffle=True, device=device)
+    transform = augment.DeviceTransform(*datasets.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True)
     for epoch in range(2):
         loader.set_epoch(epoch)
         transform.set_epoch(epoch)
@@ -457,12 +464,76 @@ def data_rows(settings: Settings) -> list[Result]:
                     lambda: measure_pil_pipeline(images, labels, 0, device), settings, baseline=True),
         run_guarded("data", group, "torchvision PIL transforms, DataLoader num_workers=2",
                     lambda: measure_pil_pipeline(images, labels, 2, device), settings),
-        run_guarded("data", group, "ours: data.DeviceLoader + data.DeviceTransform",
+        run_guarded("data", group, "ours: loading.DeviceLoader + augment.DeviceTransform",
                     lambda: measure_device_pipeline(images, labels, device), settings),
     ]
 
 
-# ----------------------------------------------------------------------------- 4. epoch
+# ----------------------------------------------------------------------------- 4. recipe augmentation
+
+
+class TorchvisionImages(torch.utils.data.Dataset):
+    """uint8 CHW images through a torchvision v2 transform one at a time, as a DataLoader's workers run it."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.images, self.labels, self.transform = torch.from_numpy(images), torch.from_numpy(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def torchvision_recipe_transform() -> Callable[[torch.Tensor], torch.Tensor]:
+    """torchvision's reference recipe for one image, on a uint8 tensor: the augmentation main.py runs batched."""
+    from torchvision.transforms import v2
+
+    mean, std = datasets.ORIGINAL_CIFAR_NORMALIZATION
+    return v2.Compose([v2.RandomCrop(IMG, padding=4), v2.RandomHorizontalFlip(), v2.TrivialAugmentWide(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.RandomErasing(0.1)])
+
+
+def measure_torchvision_recipe(images: np.ndarray, labels: np.ndarray, workers: int, device: torch.device) -> Measured:
+    loader = DataLoader(TorchvisionImages(images, labels, torchvision_recipe_transform()), batch_size=BATCH,
+                        shuffle=True, num_workers=workers)
+    started = time.perf_counter()
+    for batch, targets in loader:
+        batch.to(device)
+        targets.to(device)
+    synchronize(device)
+    return Measured(len(labels) / (time.perf_counter() - started), f"{workers} DataLoader workers")
+
+
+def measure_device_recipe(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Measured:
+    """main.py's --auto-augment ta_wide --random-erase 0.1 on DeviceLoader batches; the second epoch is timed."""
+    dataset = decoding.ImageDataset(torch.from_numpy(images), torch.from_numpy(labels))
+    loader = loading.DeviceLoader(dataset, BATCH, shuffle=True, device=device)
+    transform = augment.DeviceTransform(*datasets.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True,
+                                        auto_augment=augment_ops.AutoAugment("ta_wide"), random_erase=0.1)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        transform.set_epoch(epoch)
+        started = time.perf_counter()
+        for batch, _ in loader:
+            transform(batch)
+        synchronize(device)
+    return Measured(len(dataset) / (time.perf_counter() - started),
+                    f"on {device.type}, {torch.get_num_threads()} threads" if device.type == "cpu" else "on cuda")
+
+
+def augment_rows(settings: Settings) -> list[Result]:
+    images, labels = random_cifar(settings.pipeline_images)
+    group = f"{settings.pipeline_images:,} images"
+    return [
+        run_guarded("augment", group, "baseline: torchvision v2 per image, DataLoader num_workers=2",
+                    lambda: measure_torchvision_recipe(images, labels, 2, settings.device), settings, baseline=True),
+        run_guarded("augment", group, "ours: augment.DeviceTransform (augment_ops), batched, per image",
+                    lambda: measure_device_recipe(images, labels, settings.device), settings),
+    ]
+
+
+# ----------------------------------------------------------------------------- 5. epoch
 
 
 def run_process(command: list[str], settings: Settings) -> float:
@@ -519,8 +590,9 @@ def measure_baseline_epoch(filters: int, data_dir: Path, settings: Settings) -> 
 
 
 def epoch_variants(filters: int, data_dir: Path, settings: Settings) -> list[tuple[str, Callable[[], Measured], bool]]:
-    """(name, measurement, is baseline) of every epoch row: the baseline, main.py's defaults, and main.py with
-    each precision and layout given explicitly, so that the defaults' choice can be judged."""
+    """(name, measurement, is baseline) of every epoch row: the baseline, main.py's defaults, main.py with each
+    precision and layout given explicitly, so that the defaults' choice can be judged, and the recipes and
+    evaluation options (--recipe modern and fast, test-time augmentation, evaluation in training's precision)."""
     device = settings.device.type
     variants = [
         ("baseline: benchmarks/baseline_train.py (fp32, PIL, num_workers=0)",
@@ -530,6 +602,9 @@ def epoch_variants(filters: int, data_dir: Path, settings: Settings) -> list[tup
     for amp, channels_last in tuning.candidates("auto", None, settings.device):
         flags = ("--amp", "off" if amp == "fp32" else amp, "--channels-last" if channels_last else "--no-channels-last")
         variants.append((f"ours: main.py {' '.join(flags)}",
+                         lambda flags=flags: measure_main_epoch(filters, data_dir, settings, flags), False))
+    for flags in (("--recipe", "modern"), ("--recipe", "fast"), ("--tta", "flip-translate"), ("--eval-amp", "train")):
+        variants.append((f"ours: main.py {' '.join(flags)} (the precision and layout measured)",
                          lambda flags=flags: measure_main_epoch(filters, data_dir, settings, flags), False))
     if settings.compile:
         variants.append((f"ours: main.py --compile (device {device})",
@@ -787,6 +862,8 @@ def main(argv: list[str] | None = None) -> None:
             results += eval_rows(filters, settings)
     if "data" in settings.sections:
         results += data_rows(settings)
+    if "augment" in settings.sections:
+        results += augment_rows(settings)
     if "epoch" in settings.sections:
         results += epoch_rows(settings)
     summary = run_summary(started, other_load)

@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-from fakedata import digits, write_cifar10  # noqa: E402  (the digits in CIFAR-10's file format)
+from sampledata import digits, write_cifar10  # noqa: E402  (the digits in CIFAR-10's file format)
 
 VARIANTS = {
     "ours-fp32": ["main.py", "--amp", "off"],

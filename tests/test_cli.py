@@ -1,6 +1,6 @@
 """End-to-end tests of the training CLI: `python main.py ...` on tiny data sets in every real on-disk format.
 
-Each run is a subprocess (see conftest.py) with --filters 4 and a few dozen images, so a run takes seconds.
+Each run is a subprocess (see helpers.py) with --filters 4 and a few dozen images, so a run takes seconds.
 Beyond exit codes, the tests check every file a run writes and recompute its test metrics in-process from the
 checkpoint and the generated images, which proves the CLI read the right pixels and labels.
 """
@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ORIGINAL_CKPT, read_metrics, run_main, tiny_flags
 from PIL import Image
 
-import data
-from conftest import ORIGINAL_CKPT, read_metrics, run_main, tiny_flags
-from fakedata import digits, make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet, write_image_folder
+import augment
+import datasets
+import training
 from models.upanets import UPANets, load_weights
+from sampledata import digits, make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet, write_image_folder
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "best_acc", "lr", "epoch_seconds",
                  "train_images_per_second"]
@@ -103,7 +105,9 @@ def check_run_outputs(tmp_path: Path, run: str, *, epochs: int, lr: float, class
         im.verify()
 
     args = json.loads((res_dir / "args.json").read_text())
-    metadata = {key: args.pop(key) for key in ("model_config", "data", "speed_choice", "job")}  # beside the flags
+    metadata = {key: args.pop(key) for key in training.METADATA_KEYS}  # beside the flags, as in checkpoints
+    command, status = args.pop("command"), args.pop("status")  # args.json's own: every start's command line
+    assert len(command) == 1 and "main.py" in command[0] and status["state"] == "done"
     assert metadata["job"] is None  # names torchrun jobs only
     assert (args["epochs"], args["lr"], args["filters"], args["run_name"]) == (epochs, lr, filters, run)
     assert metadata["model_config"] == {"filters": filters, "num_classes": classes, "blocks": 1, "img": img,
@@ -134,7 +138,7 @@ def recompute_test_metrics(checkpoint: Path | dict, images: np.ndarray, labels: 
     model = UPANets(filters, classes, 1, img)
     load_weights(model, checkpoint if isinstance(checkpoint, dict) else str(checkpoint))
     model.eval()
-    x = data.normalize(torch.from_numpy(np.ascontiguousarray(images)), mean, std)
+    x = augment.normalize(torch.from_numpy(np.ascontiguousarray(images)), mean, std)
     y = torch.from_numpy(np.asarray(labels)).long()
     logits = model(x)
     top5 = logits.topk(min(5, classes), dim=1).indices
@@ -233,7 +237,7 @@ def test_tiny_imagenet_end_to_end(tmp_path, run_cli):
     check_startup(result.stdout, dataset="tiny-imagenet", n_train=20, n_test=12, classes=5, img=64)
     rows = check_run_outputs(tmp_path, "tiny-imagenet-upanets4", epochs=1, lr=0.1, classes=5, img=64)
     # the test loss is computed against the labels in val_annotations.txt, in its order
-    check_test_metrics_match(tmp_path, "tiny-imagenet-upanets4", rows, fake, data.IMAGENET_MEAN, data.IMAGENET_STD,
+    check_test_metrics_match(tmp_path, "tiny-imagenet-upanets4", rows, fake, datasets.IMAGENET_MEAN, datasets.IMAGENET_STD,
                              classes=5, img=64)
 
 
@@ -245,7 +249,7 @@ def test_image_folder_end_to_end(tmp_path, run_cli):
     assert_success(result)
     check_startup(result.stdout, dataset="folder", n_train=24, n_test=15, classes=3, img=16)
     rows = check_run_outputs(tmp_path, "bugs", epochs=1, lr=0.1, classes=3, img=16)
-    mean, std = data.channel_stats(torch.from_numpy(fake.train_images))  # measured on the training images
+    mean, std = datasets.channel_stats(torch.from_numpy(fake.train_images))  # measured on the training images
     check_test_metrics_match(tmp_path, "bugs", rows, fake, mean, std, classes=3, img=16)
 
     # Evaluating needs no more than the file and where the data is: the rest is read from the checkpoint.
@@ -264,7 +268,7 @@ def test_synthetic_end_to_end(tmp_path, run_cli):
     assert_success(result)
     check_startup(result.stdout, dataset="synthetic", n_train=2000, n_test=500, classes=10, img=8)
     rows = check_run_outputs(tmp_path, "synthetic-upanets4", epochs=1, lr=0.1, classes=10, img=8)
-    bundle = data.make_synthetic(3, img_size=8)
+    bundle = datasets.make_synthetic(3, img_size=8)
     fake = SimpleNamespace(test_images=bundle.test.images.numpy(), test_labels=bundle.test.labels.numpy())
     check_test_metrics_match(tmp_path, "synthetic-upanets4", rows, fake, bundle.mean, bundle.std, classes=10, img=8)
 

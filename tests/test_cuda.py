@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import data
+import augment
 from models.upanets import UPANets
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -62,15 +62,15 @@ def test_random_crop_flip_on_cuda_flips_horizontally() -> None:
     images = torch.randint(0, 256, (2000, 3, 6, 7), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).cuda()
 
-    def augment(**kwargs) -> torch.Tensor:
-        return data.random_crop_flip(images, 2, torch.Generator(device="cuda").manual_seed(3), **kwargs)
+    def crop_flip(**kwargs) -> torch.Tensor:
+        return augment.random_crop_flip(images, 2, torch.Generator(device="cuda").manual_seed(3), **kwargs)
 
-    crops, out = augment(flip=False), augment()  # the crop offsets are drawn first, so both have the same crops
+    crops, out = crop_flip(flip=False), crop_flip()  # the crop offsets are drawn first, so both have the same crops
     same, mirrored = (out == crops).all((1, 2, 3)), (out == crops.flip(3)).all((1, 2, 3))
     assert not (same & mirrored).any()
     assert (same | mirrored).all(), f"{int((~(same | mirrored)).sum())} samples are neither the crop nor its mirror"
     assert 0.46 < mirrored.float().mean().item() < 0.54
-    assert torch.equal(out, augment(sync_free=False))
+    assert torch.equal(out, crop_flip(sync_free=False))
 
 
 def _run(args: list[str], tmp_path: Path, launcher: list[str] | None = None,

@@ -1,4 +1,5 @@
-"""Tests for data.py on tiny data sets in the real on-disk formats (see fakedata.py)."""
+"""Tests for the data set sources, decoding, loading and augmentation on tiny data sets in the real on-disk formats
+(see sampledata.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import data
-from data import DataError, DeviceLoader, DeviceTransform, ImageDataset, StreamingDataset, load_data
-from fakedata import make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet, write_cifar_pickle
+import augment
+import datasets
+import decoding
+from augment import DeviceTransform
+from datasets import load_data
+from decoding import ImageDataset, StreamingDataset
+from errors import DataError
+from loading import DeviceLoader
+from sampledata import make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet, write_cifar_pickle
 
 
 @contextlib.contextmanager
@@ -71,7 +78,7 @@ def test_cifar_download_uses_official_archive(tmp_path, monkeypatch):
         calls.append((url, md5))
         make_cifar100(download_root, n_train=3, n_test=2)
 
-    monkeypatch.setattr(data, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(datasets, "download_and_extract_archive", fake_download)
     assert len(load_data("cifar100", tmp_path, download=True).train) == 3
     assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")]
 
@@ -80,7 +87,7 @@ def test_cifar_download_failure_is_one_line(tmp_path, monkeypatch):
     def offline(url, download_root, md5=None):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution\nmore")
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr(datasets, "download_and_extract_archive", offline)
     with data_error("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "name resolution"):
         load_data("cifar10", tmp_path, download=True)
 
@@ -249,7 +256,7 @@ def test_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
         raise AssertionError(f"decoded {path} although the cache is valid")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "read_image", no_decoding)
+        m.setattr(decoding, "read_image", no_decoding)
         second = load_data("folder", tmp_path, workers=0)
     assert torch.equal(second.train.images, first.train.images)
     assert torch.equal(second.train.labels, first.train.labels)
@@ -283,12 +290,12 @@ def test_streaming_matches_in_memory(tmp_path):
 
 
 def test_synthetic_is_deterministic_balanced_and_learnable():
-    a, b, c = data.make_synthetic(0), load_data("synthetic", "unused", seed=0), data.make_synthetic(1)
+    a, b, c = datasets.make_synthetic(0), load_data("synthetic", "unused", seed=0), datasets.make_synthetic(1)
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
     assert not torch.equal(a.train.images, c.train.images)
     assert a.train.images.shape == (2000, 3, 32, 32) and a.test.images.shape == (500, 3, 32, 32)
     assert torch.bincount(a.train.labels).tolist() == [200] * 10 and a.num_classes == len(a.classes) == 10
-    assert a.mean == data.channel_stats(a.train.images)[0]
+    assert a.mean == datasets.channel_stats(a.train.images)[0]
 
     def features(x):  # colour + stripe orientation, all a convnet needs
         x = x.float()
@@ -312,7 +319,7 @@ def test_normalize_matches_reference():
     out = DeviceTransform(MEAN, STD, device="cpu")(x)
     assert out.dtype == torch.float32 and out.shape == x.shape
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
-    assert torch.equal(out, data.normalize(x, MEAN, STD))
+    assert torch.equal(out, augment.normalize(x, MEAN, STD))
     assert DeviceTransform(MEAN, STD, device="cpu", dtype=torch.bfloat16)(x).dtype == torch.bfloat16
 
 
@@ -331,7 +338,7 @@ def _match_windows(images, out, pad):
 
 def test_random_crop_flip_gives_true_windows_with_torchvision_distribution():
     images = torch.randint(1, 256, (3000, 3, 6, 7), dtype=torch.uint8)
-    out = data.random_crop_flip(images, pad=2, generator=torch.Generator().manual_seed(0))
+    out = augment.random_crop_flip(images, pad=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.dtype == torch.uint8
     found = _match_windows(images, out, pad=2)
     assert (found >= 0).all()
@@ -339,8 +346,8 @@ def test_random_crop_flip_gives_true_windows_with_torchvision_distribution():
         counts = torch.bincount(found[:, axis], minlength=5)
         assert len(counts) == 5 and ((counts > 500) & (counts < 700)).all(), counts
     assert 0.46 < found[:, 2].float().mean() < 0.54
-    assert not data.random_crop_flip(images, 2, flip=False).eq(0).all((1, 2, 3)).any()  # no all-padding crops
-    assert (_match_windows(images, data.random_crop_flip(images, 2, flip=False), 2)[:, 2] == 0).all()
+    assert not augment.random_crop_flip(images, 2, flip=False).eq(0).all((1, 2, 3)).any()  # no all-padding crops
+    assert (_match_windows(images, augment.random_crop_flip(images, 2, flip=False), 2)[:, 2] == 0).all()
 
 
 @pytest.mark.parametrize("sync_free", [False, True])
@@ -348,8 +355,8 @@ def test_random_crop_flip_flips_horizontally_at_half_the_rate(sync_free):
     """Both flip paths (the CPU's boolean-mask index and the branch-free torch.where used on GPUs) mirror a sample's
     crop left-right (flip(3)) or leave it, about half the time each; never upside down."""
     images = torch.randint(0, 256, (2000, 3, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    crops = data.random_crop_flip(images, 2, torch.Generator().manual_seed(3), flip=False)  # same offsets drawn first
-    out = data.random_crop_flip(images, 2, torch.Generator().manual_seed(3), sync_free=sync_free)
+    crops = augment.random_crop_flip(images, 2, torch.Generator().manual_seed(3), flip=False)  # same offsets drawn first
+    out = augment.random_crop_flip(images, 2, torch.Generator().manual_seed(3), sync_free=sync_free)
     assert out.shape == images.shape and out.dtype == torch.uint8
     same, mirrored = (out == crops).all((1, 2, 3)), (out == crops.flip(3)).all((1, 2, 3))
     assert not (same & mirrored).any()  # random crops are never symmetric, so the two cases are distinct
@@ -360,11 +367,11 @@ def test_random_crop_flip_flips_horizontally_at_half_the_rate(sync_free):
 def test_random_crop_flip_paths_agree():
     """The branch-free path gives the very batch of the CPU's default path for the same generator state."""
     images = torch.randint(0, 256, (500, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    default = data.random_crop_flip(images, 3, torch.Generator().manual_seed(7))
-    masked = data.random_crop_flip(images, 3, torch.Generator().manual_seed(7), sync_free=False)
-    where = data.random_crop_flip(images, 3, torch.Generator().manual_seed(7), sync_free=True)
+    default = augment.random_crop_flip(images, 3, torch.Generator().manual_seed(7))
+    masked = augment.random_crop_flip(images, 3, torch.Generator().manual_seed(7), sync_free=False)
+    where = augment.random_crop_flip(images, 3, torch.Generator().manual_seed(7), sync_free=True)
     assert torch.equal(default, masked) and torch.equal(default, where)
-    assert not torch.equal(default, data.random_crop_flip(images, 3, torch.Generator().manual_seed(8)))
+    assert not torch.equal(default, augment.random_crop_flip(images, 3, torch.Generator().manual_seed(8)))
 
 
 def test_transform_pads_with_black_before_normalising():
@@ -378,7 +385,7 @@ def test_transform_pads_with_black_before_normalising():
 
 def test_transform_without_augmentation_is_plain_normalisation():
     x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    assert torch.equal(DeviceTransform(MEAN, STD, device="cpu", pad=0, flip=False)(x), data.normalize(x, MEAN, STD))
+    assert torch.equal(DeviceTransform(MEAN, STD, device="cpu", pad=0, flip=False)(x), augment.normalize(x, MEAN, STD))
 
 
 def test_transform_is_seeded_by_seed_epoch_and_rank():

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO_ROOT, CliResult, child_env, read_metrics, tiny_flags
 
-from conftest import REPO_ROOT, CliResult, child_env, read_metrics, tiny_flags
-from fakedata import make_cifar10
+from sampledata import make_cifar10
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 RUN = "ddp"

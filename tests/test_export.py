@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ORIGINAL_CKPT, CliResult, child_env, one_line_error, run_script
 
-import data
+import datasets
 import export
 from checkpointing import save_checkpoint
-from conftest import ORIGINAL_CKPT, CliResult, child_env, one_line_error, run_script
 from models.upanets import UPANets, load_weights
 
 CLASSES = ["ant", "bee", "cow"]
@@ -122,7 +122,7 @@ def test_original_checkpoint_exports_with_classes_and_img_size(capsys, tmp_path)
     module = torch.export.load(out, extra_files=extra).module()
     meta = json.loads(extra["upanets.json"])
     assert meta["classes"] == [f"c{i}" for i in range(10)] and meta["img_size"] == 32
-    assert (tuple(meta["mean"]), tuple(meta["std"])) == data.ORIGINAL_CIFAR_NORMALIZATION
+    assert (tuple(meta["mean"]), tuple(meta["std"])) == datasets.ORIGINAL_CIFAR_NORMALIZATION
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
     with torch.no_grad():
         logits = module(torch.from_numpy(x)).numpy()

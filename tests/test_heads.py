@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from helpers import one_line_error, run_main, tiny_flags
 from torchvision.models.feature_extraction import create_feature_extractor
 
-import data
+import augment
 from checkpointing import load_checkpoint, load_model_weights, save_checkpoint
-from conftest import one_line_error, run_main, tiny_flags
 from engine import EpochState, Runtime, Trainer, train_step
-from fakedata import make_cifar10
+from errors import UserError
 from models.upanets import HEADS, UPANets, describe_state_dict, load_weights
-from utils import TrainingError
+from sampledata import make_cifar10
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -59,7 +59,7 @@ def test_each_head_trains_a_step_and_round_trips_through_a_checkpoint(head, tmp_
     before = {key: value.clone() for key, value in model.state_dict().items()}
     trainer = Trainer(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
                       torch.amp.GradScaler("cpu", enabled=False),
-                      data.DeviceTransform(MEAN, STD, device=CPU, pad=2, flip=True))
+                      augment.DeviceTransform(MEAN, STD, device=CPU, pad=2, flip=True))
     state = EpochState.zeros(CPU)
     train_step(trainer, *_batch(), state, Runtime(CPU))
     assert torch.isfinite(state.loss_sum) and state.step == 1
@@ -73,7 +73,7 @@ def test_each_head_trains_a_step_and_round_trips_through_a_checkpoint(head, tmp_
     checkpoint = load_checkpoint(tmp_path / "head.pth")
     rebuilt = UPANets(**checkpoint["model_config"])
     rebuilt.load_state_dict(checkpoint["model"])  # strict
-    x = data.normalize(_batch(1)[0], MEAN, STD)
+    x = augment.normalize(_batch(1)[0], MEAN, STD)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x), rtol=0, atol=0)
     assert rebuilt.config == model.config
@@ -92,7 +92,7 @@ def test_describe_state_dict_names_the_head(head):
 def test_each_head_traces_with_fx(head):
     model = UPANets(4, 10, 1, 16, head=head).eval()
     extractor = create_feature_extractor(model, return_nodes={"layer4": "c4", "linear": "logits"})
-    x = data.normalize(_batch(2)[0], MEAN, STD)
+    x = augment.normalize(_batch(2)[0], MEAN, STD)
     with torch.no_grad():
         torch.testing.assert_close(extractor(x)["logits"], model(x), rtol=0, atol=0)
 
@@ -119,7 +119,7 @@ def test_unknown_head_is_a_value_error():
 ])
 def test_checkpoint_of_another_head_is_refused_in_one_line(saved, built, message):
     checkpoint = {"model": UPANets(**{"filters": 4, "num_classes": 10, "img": 16, **saved}).state_dict()}
-    with pytest.raises(TrainingError) as error:
+    with pytest.raises(UserError) as error:
         load_model_weights(UPANets(**{"filters": 4, "num_classes": 10, "img": 16, **built}), checkpoint, Path("x.pth"))
     assert str(error.value) == message
 

@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import REPO_ROOT, CliResult, child_env, one_line_error, read_metrics, run_main, run_script, tiny_flags
 from PIL import Image
+from tqdm import tqdm
 
-import data
+import augment
+import datasets
 import landscape
-import utils
+import loading
+import metrics
 from checkpointing import load_checkpoint
-from conftest import REPO_ROOT, CliResult, child_env, one_line_error, read_metrics, run_main, run_script, tiny_flags
 from engine import Runtime, evaluate
-from fakedata import make_image_folder
 from models.upanets import UPANets, load_weights
+from sampledata import make_image_folder
 
 TRAIN_IMAGES, BATCH = 24, 8  # 3 classes x 8 images: 3 steps an epoch
 
@@ -76,13 +81,13 @@ def test_centre_of_the_landscape_is_an_ordinary_evaluation(runs, capsys):
         im.verify()
 
     # All 24 training images, in the set's order and one batch, as an ordinary evaluation of each checkpoint sees them.
-    bundle = data.load_data("folder", runs / "data", img_size=16, workers=0)
-    loader = data.DeviceLoader(bundle.train, 100, shuffle=False, device="cpu")
+    bundle = datasets.load_data("folder", runs / "data", img_size=16, workers=0)
+    loader = loading.DeviceLoader(bundle.train, 100, shuffle=False, device="cpu")
     for head, path in _weights(runs).items():
         checkpoint = load_checkpoint(path)
         model = load_weights(UPANets(**checkpoint["model_config"]), checkpoint)
         assert model.head == head
-        transform = data.DeviceTransform(checkpoint["data"]["mean"], checkpoint["data"]["std"], device="cpu")
+        transform = augment.DeviceTransform(checkpoint["data"]["mean"], checkpoint["data"]["std"], device="cpu")
         stats = evaluate(model, nn.CrossEntropyLoss(), loader, transform, Runtime(torch.device("cpu")))
         curve = [row for row in rows if row["checkpoint"] == str(path)]
         assert (float(curve[2]["loss"]), float(curve[2]["accuracy"])) == (stats["loss"], stats["acc1"])
@@ -91,7 +96,7 @@ def test_centre_of_the_landscape_is_an_ordinary_evaluation(runs, capsys):
 
 
 def test_sample_is_a_seeded_choice_of_training_images(runs):
-    train = data.load_data("folder", runs / "data", img_size=16, workers=0).train
+    train = datasets.load_data("folder", runs / "data", img_size=16, workers=0).train
     first, again, other = (landscape.sample_images(train, 10, seed) for seed in (0, 0, 1))
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     assert not torch.equal(first.images, other.images)
@@ -190,13 +195,13 @@ def test_tensorboard_holds_the_metrics_of_every_epoch_once(runs):
     assert [row["epoch"] for row in rows] == [1, 2]
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     steps = [row["epoch"] * TRAIN_IMAGES // BATCH for row in rows]
-    assert set(events.Tags()["scalars"]) == {*utils.TENSORBOARD_TAGS.values(), utils.TRAIN_STEPS_TAG}
-    for field, tag in utils.TENSORBOARD_TAGS.items():
+    assert set(events.Tags()["scalars"]) == {*metrics.TENSORBOARD_TAGS.values(), metrics.TRAIN_STEPS_TAG}
+    for field, tag in metrics.TENSORBOARD_TAGS.items():
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == steps, tag
         assert [s.value for s in scalars] == pytest.approx([row[field] for row in rows], rel=1e-6), tag
     # Three steps an epoch, fewer than the 50 between sync points: one value an epoch, the epoch's mean.
-    train_steps = events.Scalars(utils.TRAIN_STEPS_TAG)
+    train_steps = events.Scalars(metrics.TRAIN_STEPS_TAG)
     assert [s.step for s in train_steps] == steps
     assert [s.value for s in train_steps] == pytest.approx([row["train_loss"] for row in rows], rel=1e-6)
     flags = [event.tensor_proto.string_val[0].decode() for event in events.Tensors("flags/text_summary")]
@@ -227,3 +232,23 @@ def test_landscape_direction_is_filter_normalised():
     assert torch.count_nonzero(direction[0][2]) == 0
     again = landscape.filter_normalized_direction(weights, torch.Generator().manual_seed(1))
     assert all(torch.equal(a, b) for a, b in zip(direction, again))
+
+
+def test_landscape_leaves_batchnorm_statistics_and_the_global_rngs_untouched(runs):
+    """Moving the weights and evaluating at every grid point changes neither the model's BatchNorm running
+    statistics (evaluation runs in eval mode) nor the global generators (the directions have their own)."""
+    checkpoint = load_checkpoint(_weights(runs)["exc"])
+    model = load_weights(UPANets(**checkpoint["model_config"]), checkpoint)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    bundle = datasets.load_data("folder", runs / "data", img_size=16, workers=0)
+    loader = loading.DeviceLoader(landscape.sample_images(bundle.train, 12, 0), 4, shuffle=False, device="cpu")
+    transform = augment.DeviceTransform(bundle.mean, bundle.std, device="cpu")
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    rngs = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    with tqdm(disable=True) as bar:
+        loss, _ = landscape.measure(model, landscape.grid(3, 0.5), 2, 0, loader, transform,
+                                    Runtime(torch.device("cpu")), bar)
+    assert loss.shape == (3, 3) and len({float(value) for value in loss.flat}) > 1  # the weights did move
+    assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
+    assert random.getstate() == rngs[0] and (np.random.get_state()[1] == rngs[1]).all()
+    assert torch.equal(torch.get_rng_state(), rngs[2])

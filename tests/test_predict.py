@@ -1,4 +1,4 @@
-"""predict.py and the inference spec it shares with export.py (checkpointing.inference_spec).
+"""predict.py and the inference spec it shares with export.py (inference.inference_spec).
 
 One tiny model is trained with main.py on a generated image folder; its predictions on the val images must give
 main.py --evaluate's top-1 accuracy. Fallbacks for older checkpoints and the original code's are checked in-process.
@@ -12,15 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ORIGINAL_CKPT, CliResult, one_line_error, run_main, run_script, tiny_flags
 from PIL import Image
 
-import data
+import augment
+import datasets
+import inference
 import predict
-from checkpointing import inference_spec, save_checkpoint
-from conftest import ORIGINAL_CKPT, CliResult, one_line_error, run_main, run_script, tiny_flags
-from fakedata import make_image_folder, make_tiny_imagenet
+from checkpointing import save_checkpoint
+from errors import UserError
+from inference import inference_spec
 from models.upanets import UPANets, load_weights
-from utils import TrainingError
+from sampledata import make_image_folder, make_tiny_imagenet
 
 CLASSES = ("ant", "bee", "cow")
 
@@ -138,7 +141,7 @@ def test_unreadable_images_are_skipped_and_counted(folder_run, capsys, tmp_path)
 @torch.inference_mode()
 def original_probabilities(pixels: list[np.ndarray]) -> torch.Tensor:
     model = load_weights(UPANets(8, 10, 1, 32), str(ORIGINAL_CKPT)).eval()
-    return model(data.normalize(torch.from_numpy(np.stack(pixels)), *data.ORIGINAL_CIFAR_NORMALIZATION)).softmax(1)
+    return model(augment.normalize(torch.from_numpy(np.stack(pixels)), *datasets.ORIGINAL_CIFAR_NORMALIZATION)).softmax(1)
 
 
 def test_original_checkpoint_with_classes_and_img_size(capsys, tmp_path):
@@ -163,7 +166,7 @@ def test_original_checkpoint_alone_is_taken_for_cifar10(capsys, tmp_path):
     assert result.stderr == (f"warning: {ORIGINAL_CKPT} is the original code's checkpoint of a 10-class model for "
                              "32x32 images: taking it for cifar10 (pass --dataset otherwise)\n")
     _, rows = read_csv(tmp_path / "p.csv")
-    assert [row["class"] for row in rows] == [data.CIFAR10_CLASSES[i]
+    assert [row["class"] for row in rows] == [inference.CIFAR10_CLASSES[i]
                                               for i in original_probabilities(pixels).argmax(1).tolist()]
 
 
@@ -220,7 +223,7 @@ def bare_checkpoint(path: Path, num_classes: int, img: int, **extra) -> Path:
 
 def test_older_checkpoint_uses_its_recorded_dataset(tmp_path):
     spec = inference_spec(bare_checkpoint(tmp_path / "old.pth", 10, 32, args={"dataset": "cifar10", "seed": 0}))
-    assert spec.classes == list(data.CIFAR10_CLASSES) and spec.warnings == []
+    assert spec.classes == list(inference.CIFAR10_CLASSES) and spec.warnings == []
     # trained by this repo: CIFAR-10's own statistics, not the original code's
     assert (spec.mean, spec.std) == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     assert (spec.model.filters, spec.model.num_classes, spec.img_size, spec.model.training) == (4, 10, 32, False)
@@ -228,12 +231,12 @@ def test_older_checkpoint_uses_its_recorded_dataset(tmp_path):
 
 def test_dataset_names_and_tiny_imagenet_wnids(tmp_path):
     cifar100 = inference_spec(bare_checkpoint(tmp_path / "c100.pth", 100, 32), dataset="cifar_100")
-    assert cifar100.classes == list(data.CIFAR100_CLASSES) and len(set(cifar100.classes)) == 100
+    assert cifar100.classes == list(inference.CIFAR100_CLASSES) and len(set(cifar100.classes)) == 100
     assert cifar100.classes[:3] == ["apple", "aquarium_fish", "baby"] and cifar100.classes[-1] == "worm"
     fake = make_tiny_imagenet(tmp_path / "data", n_classes=3, per_class=1, n_val=1)
     tiny = inference_spec(bare_checkpoint(tmp_path / "tiny.pth", 3, 64), dataset="tiny-imagenet",
                           data_dir=tmp_path / "data")
-    assert tiny.classes == fake.classes and (tiny.mean, tiny.std) == (data.IMAGENET_MEAN, data.IMAGENET_STD)
+    assert tiny.classes == fake.classes and (tiny.mean, tiny.std) == (datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)
 
 
 def test_nothing_known_names_classes_by_number_and_asks_for_the_dataset(tmp_path):
@@ -241,5 +244,5 @@ def test_nothing_known_names_classes_by_number_and_asks_for_the_dataset(tmp_path
     spec = inference_spec(path)
     assert spec.classes == ["0", "1", "2"] and spec.mean is None
     assert spec.warnings == [f"{path} names no classes: calling them 0..2 (pass --classes or --dataset)"]
-    with pytest.raises(TrainingError, match=r"does not say how its inputs were normalised; pass --dataset NAME"):
+    with pytest.raises(UserError, match=r"does not say how its inputs were normalised; pass --dataset NAME"):
         spec.normalization()

@@ -1,28 +1,26 @@
 """Every bad input and fault the training CLI meets: it fails with exit 2 (or 128 + signal) and a one-line message
 saying what is wrong, before doing any damage, and never loses or corrupts a checkpoint.
 
-Each test runs `python main.py` as a subprocess (see conftest.py) and checks the exit code, the message and the
+Each test runs `python main.py` as a subprocess (see helpers.py) and checks the exit code, the message and the
 state of the checkpoint files afterwards.
 """
 from __future__ import annotations
 
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import LineReader, ORIGINAL_CKPT, REPO_ROOT, child_env, one_line_error, read_metrics, run_main, tiny_flags
 
 import checkpointing
-from conftest import ORIGINAL_CKPT, REPO_ROOT, child_env, one_line_error, read_metrics, run_main, tiny_flags
-from fakedata import make_cifar10, make_cifar100, make_image_folder, write_cifar_pickle
+from sampledata import make_cifar10, make_cifar100, make_image_folder, write_cifar_pickle
 
 TIMING_FIELDS = ("epoch_seconds", "train_images_per_second")
 
@@ -72,40 +70,6 @@ def copy_good_run(good_run: Path, tmp_path: Path) -> dict[str, tuple[bytes, int]
 
 
 # ------------------------------------------------------------------------------------ stop signals
-
-
-class LineReader:
-    """Reads a child's stdout and stderr on threads, so the test can wait for a line with a deadline."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.threads = [threading.Thread(target=self._pump, args=(proc.stdout, self.stdout, True), daemon=True),
-                        threading.Thread(target=self._pump, args=(proc.stderr, self.stderr, False), daemon=True)]
-        for thread in self.threads:
-            thread.start()
-
-    def _pump(self, stream, sink: list[str], announce: bool) -> None:
-        for line in stream:
-            sink.append(line)
-            if announce:
-                self.lines.put(line)
-        if announce:
-            self.lines.put("")  # EOF
-
-    def wait_for(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            assert line, f"stdout ended before a line starting with {prefix!r}: {''.join(self.stdout)}"
-            if line.startswith(prefix):
-                return line
-
-    def finish(self) -> tuple[str, str]:
-        for thread in self.threads:
-            thread.join(timeout=30)
-        return "".join(self.stdout), "".join(self.stderr)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import MAIN, ORIGINAL_CKPT, child_env, one_line_error, read_metrics, tiny_flags
 
-import data
+import datasets
 import engine
+import files
 import main
-import utils
-from conftest import MAIN, ORIGINAL_CKPT, child_env, one_line_error, read_metrics, tiny_flags
-from fakedata import make_image_folder
+from sampledata import make_image_folder
 
 NO_SPACE = "No space left on device"
 
@@ -130,7 +130,7 @@ def test_read_only_data_folder_trains_without_the_cache(tmp_path):
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         cache = rf"{re.escape(str(disk))}/\.upanets_cache_(train|val)_16"
         with pytest.warns(UserWarning, match=f"cannot write cache {cache}"):
-            bundle = data.load_data("folder", disk, img_size=16, workers=0)
+            bundle = datasets.load_data("folder", disk, img_size=16, workers=0)
         assert torch.equal(bundle.train.images, torch.from_numpy(fake.train_images))
         assert not [p.name for p in disk.iterdir() if p.name.startswith(".")]
 
@@ -143,7 +143,7 @@ def test_atomic_write_leaves_another_writers_temporary_file_and_removes_an_old_o
     live.write_text("being written")
     old.write_text("left by a killed writer")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    with utils.atomic_write(path, "w") as f:
+    with files.atomic_write(path, "w") as f:
         f.write("{}")
     assert path.read_text() == "{}" and live.read_text() == "being written" and not old.exists()
 

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import main
-import utils
-from conftest import REPO_ROOT, child_env, one_line_error, read_metrics, run_main
-from fakedata import make_cifar10
+from helpers import REPO_ROOT, child_env, one_line_error, read_metrics, run_main
 from test_distributed import RUN, TORCHRUN, ddp_flags
+
+import distributed
+import errors
+import main
+import training
+from sampledata import make_cifar10
 
 # main.cli() in each process, where rank 1 alone meets a bad batch at its third step of the group's first start.
 _FAILING_WORKER = """
@@ -31,18 +33,17 @@ import os
 import sys
 
 sys.path.insert(0, {repo!r})
-import data
 import engine
+import errors
 import main
-import utils
 
 if os.environ["RANK"] == "1" and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
     train_step = engine.train_step
 
-    def failing_step(trainer, images, labels, state, runtime):
+    def failing_step(trainer, images, labels, state, runtime, indices=None):
         if state.step == 2:
-            raise data.DataError("rank 1 read a bad batch")
-        train_step(trainer, images, labels, state, runtime)
+            raise errors.DataError("rank 1 read a bad batch")
+        train_step(trainer, images, labels, state, runtime, indices)
 
     engine.train_step = failing_step
 sys.exit(main.cli(sys.argv[1:]))
@@ -145,17 +146,17 @@ def test_restarted_group_resumes_its_own_last_checkpoint_whatever_the_flags(tmp_
     """--overwrite or --resume PATH would undo the progress made before the crash; outside restarts they rule.
     Only a last.pth or args.json of this torchrun job counts as its own: a restart treats an earlier run's files
     as the first start did."""
-    def folders(*flags: str, restarted: bool) -> main.RunFolders:
+    def folders(*flags: str, restarted: bool) -> training.RunFolders:
         args = main.get_args_parser().parse_args(
             ["--run-name", "r", "--checkpoint-dir", str(tmp_path / "c"), "--save-path", str(tmp_path / "r"), *flags])
-        context = utils.DistributedContext(world_size=2, restart=int(restarted), job="this-job")
-        return main.RunFolders.for_training(args, context)
+        context = distributed.DistributedContext(world_size=2, restart=int(restarted), job="this-job")
+        return training.RunFolders.for_training(args, context)
 
     other = tmp_path / "other.pth"
     other.touch()
     assert folders(restarted=True).resume is None  # the crash came before the first checkpoint
     assert folders("--resume", str(other), restarted=True).resume == other
-    with pytest.raises(main.TrainingError, match="no checkpoint at"):
+    with pytest.raises(errors.UserError, match="no checkpoint at"):
         folders("--resume", "auto", restarted=True)
 
     # this job's first start logged an epoch and crashed before saving it: the restart starts over
@@ -164,7 +165,7 @@ def test_restarted_group_resumes_its_own_last_checkpoint_whatever_the_flags(tmp_
     (tmp_path / "r" / "r" / "args.json").write_text(json.dumps({"job": "this-job"}))
     assert folders(restarted=True).resume is None
     (tmp_path / "r" / "r" / "args.json").write_text(json.dumps({"job": "an-earlier-job"}))
-    with pytest.raises(main.TrainingError, match="already exists"):
+    with pytest.raises(errors.UserError, match="already exists"):
         folders(restarted=True)  # an earlier run's metrics: refused, as the first start was
 
     last = tmp_path / "c" / "r" / "last.pth"
@@ -172,12 +173,12 @@ def test_restarted_group_resumes_its_own_last_checkpoint_whatever_the_flags(tmp_
     torch.save({"model": {}, "job": "an-earlier-job"}, last)
     assert folders("--overwrite", restarted=True).resume is None  # the replaced run's checkpoint
     assert folders("--resume", "auto", restarted=True).resume == last  # asked for, as at the first start
-    with pytest.raises(main.TrainingError, match="already exists"):
+    with pytest.raises(errors.UserError, match="already exists"):
         folders(restarted=True)
     torch.save({"model": {}, "job": "this-job"}, last)
     for flags in ((), ("--overwrite",), ("--resume", str(other)), ("--resume", "auto")):
         assert folders(*flags, restarted=True).resume == last, flags
     assert folders("--overwrite", restarted=False).resume is None
     assert folders("--resume", str(other), restarted=False).resume == other
-    with pytest.raises(main.TrainingError, match="already exists"):
+    with pytest.raises(errors.UserError, match="already exists"):
         folders(restarted=False)

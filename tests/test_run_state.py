@@ -1,9 +1,9 @@
 """What a run keeps and drops when it resumes or restarts, and flags that reach the layers below. All in-process,
 in about a second each.
 
-* utils.MetricsLogger drops the rows past the epoch a run resumes from;
-* main.py --stream reaches data.load_data, so image-file sets are streamed rather than held in memory;
-* utils.init_distributed passes --dist-timeout to the process group (collectives), not only to the rendezvous;
+* metrics.MetricsLogger drops the rows past the epoch a run resumes from;
+* main.py --stream reaches datasets.load_data, so image-file sets are streamed rather than held in memory;
+* distributed.init_distributed passes --dist-timeout to the process group (collectives), not only to the rendezvous;
 * a mid-epoch checkpoint replays its epoch only for the same processes, batch size and seed (else restarts it).
 """
 from __future__ import annotations
@@ -16,19 +16,25 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from helpers import read_metrics, tiny_flags
 
-import data
+import augment
+import commandline
+import datasets
+import decoding
+import distributed
+import errors
 import main
-import utils
-from checkpointing import Checkpointer, load_checkpoint
-from conftest import read_metrics, tiny_flags
+import metrics
+from checkpointing import Checkpointer, Selection, load_checkpoint
 from engine import EpochState, Runtime, Trainer
-from fakedata import make_image_folder
 from models.upanets import UPANets
+from optimization import build_optimizer
+from sampledata import make_image_folder
 
 
 def _row(epoch: int, train_loss: float) -> dict:
-    return {**{field: 1.0 for field in utils.METRIC_FIELDS}, "epoch": epoch, "train_loss": train_loss}
+    return {**{field: 1.0 for field in metrics.METRIC_FIELDS}, "epoch": epoch, "train_loss": train_loss}
 
 
 def test_metrics_logger_drops_rows_past_the_resumed_epoch(tmp_path):
@@ -36,13 +42,13 @@ def test_metrics_logger_drops_rows_past_the_resumed_epoch(tmp_path):
     the new one takes its place (in metrics.jsonl and metrics.csv); a fresh start (start_epoch 0) keeps nothing."""
     stale = [_row(epoch, 9.0) for epoch in (1, 2, 3)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in stale))
-    utils.MetricsLogger(tmp_path, start_epoch=2).log(_row(3, 0.5))
+    metrics.MetricsLogger(tmp_path, start_epoch=2).log(_row(3, 0.5))
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [(row["epoch"], row["train_loss"]) for row in rows] == [(1, 9.0), (2, 9.0), (3, 0.5)]
     csv_epochs = [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     assert csv_epochs == ["1", "2", "3"]
 
-    utils.MetricsLogger(tmp_path, start_epoch=0).log(_row(1, 0.25))
+    metrics.MetricsLogger(tmp_path, start_epoch=0).log(_row(1, 0.25))
     assert [(row["epoch"], row["train_loss"]) for row in read_metrics(tmp_path / "metrics.jsonl")] == [(1, 0.25)]
 
 
@@ -55,18 +61,18 @@ def test_stream_flag_streams_image_files(stream, tmp_path, monkeypatch):
     """--stream gives a streamed training set (decoded from disk every epoch); without it a small set is held in
     memory. Checked on the set main.py loads, before any training."""
     make_image_folder(tmp_path / "data", per_class=4, val_per_class=2, size=8)
-    load_data, loaded = data.load_data, []
+    load_data, loaded = datasets.load_data, []
 
     def recording_load_data(*args, **kwargs):
         loaded.append(load_data(*args, **kwargs))
         raise _Loaded
 
-    monkeypatch.setattr(data, "load_data", recording_load_data)
+    monkeypatch.setattr(datasets, "load_data", recording_load_data)
     flags = ["--dataset", "folder", "--data-dir", tmp_path / "data", "--img-size", "8", "--device", "cpu",
              *tiny_flags(tmp_path), *(["--stream"] if stream else [])]
     with pytest.raises(_Loaded):
         main.main(main.get_args_parser().parse_args([str(flag) for flag in flags]))
-    expected = data.StreamingDataset if stream else data.ImageDataset
+    expected = decoding.StreamingDataset if stream else decoding.ImageDataset
     assert isinstance(loaded[0].train, expected) and isinstance(loaded[0].test, expected)
 
 
@@ -84,9 +90,9 @@ def test_init_distributed_passes_the_timeout_to_the_process_group(monkeypatch):
         yield store, 0, 2
 
     monkeypatch.setattr(dist, "rendezvous", rendezvous)
-    monkeypatch.setattr(utils, "_fresh_store", lambda store, context, timeout: calls.update(store=timeout) or store)
+    monkeypatch.setattr(distributed, "_fresh_store", lambda store, context, timeout: calls.update(store=timeout) or store)
     monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.update(group=kwargs))
-    context = utils.init_distributed("cpu", timeout=7)
+    context = distributed.init_distributed("cpu", timeout=7)
     limit = timedelta(seconds=7)
     assert calls["rendezvous"] == calls["store"] == limit
     assert calls["group"].get("timeout") == limit and calls["group"]["backend"] == "gloo"
@@ -95,13 +101,11 @@ def test_init_distributed_passes_the_timeout_to_the_process_group(monkeypatch):
 
 def _checkpointer(folder, world_size: int, batch_size: int = 8, seed: int = 0) -> Checkpointer:
     model = UPANets(4, 10, 1, 8)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    augment = data.DeviceTransform((0.5,) * 3, (0.25,) * 3, device="cpu", pad=1, flip=True)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), augment)
-    runtime = Runtime(torch.device("cpu"), context=utils.DistributedContext(world_size=world_size))
-    return Checkpointer(folder, model, trainer, scheduler, argparse.Namespace(batch_size=batch_size, seed=seed),
-                        runtime, {})
+    optimizer = build_optimizer(model, "sgd", lr=0.1, momentum=0.9, weight_decay=0.0)
+    transform = augment.DeviceTransform((0.5,) * 3, (0.25,) * 3, device="cpu", pad=1, flip=True)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), transform)
+    runtime = Runtime(torch.device("cpu"), context=distributed.DistributedContext(world_size=world_size))
+    return Checkpointer(folder, model, trainer, argparse.Namespace(batch_size=batch_size, seed=seed), runtime, {})
 
 
 @pytest.mark.parametrize("saved_world, resumed_world, batch_size, seed, replays", [
@@ -120,7 +124,7 @@ def test_mid_epoch_checkpoint_replays_only_the_same_batches(saved_world, resumed
     state.step = 3
     state.seen += 24
     saver.trainer.augment.generator.manual_seed(123)
-    saver.save(0, -1.0, epoch_state=state)
+    saver.save(0, Selection(), epoch_state=state)
     resumer = _checkpointer(tmp_path, resumed_world, batch_size, seed)
     point = resumer.restore(load_checkpoint(saver.last), saver.last)
     assert point.epoch == 0
@@ -132,13 +136,13 @@ def test_mid_epoch_checkpoint_replays_only_the_same_batches(saved_world, resumed
 
 
 @pytest.mark.parametrize("error, line", [
-    (utils.WriteError(28, "No space left on device", "/runs/last.pth"),
+    (errors.WriteError(28, "No space left on device", "/runs/last.pth"),
      "error: cannot write /runs/last.pth: No space left on device; free space or fix the permissions, then go on"),
-    (utils.WriteError(21, "Is a directory", "/runs/out"),
+    (errors.WriteError(21, "Is a directory", "/runs/out"),
      "error: cannot write /runs/out: Is a directory; give a file, not a folder, then go on"),
     (PermissionError(13, "Permission denied", "/data/train"),
      "error: cannot use /data/train: Permission denied, then go on"),
-    (data.DataError("/data/x.png is truncated"), "error: /data/x.png is truncated"),
+    (errors.DataError("/data/x.png is truncated"), "error: /data/x.png is truncated"),
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB."),
      "error: out of memory on the GPU (a request for 2.00 GiB); use less, then go on"),
 ], ids=["full-disk", "written-path-is-a-folder", "unreadable-folder", "data-error", "out-of-memory"])
@@ -147,7 +151,7 @@ def test_run_cli_turns_what_a_user_can_fix_into_one_line(error, line, capsys):
     def run() -> None:
         raise error
 
-    assert utils.run_cli(run, memory_remedy=lambda: "use less", after_failure=lambda: ", then go on") == 2
+    assert commandline.run_cli(run, memory_remedy=lambda: "use less", after_failure=lambda: ", then go on") == 2
     assert capsys.readouterr().err.splitlines() == [line]
     with pytest.raises(RuntimeError, match="not about memory"):
-        utils.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("not about memory")), memory_remedy=lambda: "")
+        commandline.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("not about memory")), memory_remedy=lambda: "")

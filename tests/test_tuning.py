@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import read_metrics, tiny_flags
 
 import tuning
-from conftest import read_metrics, tiny_flags
-from fakedata import make_cifar10
+from distributed import DistributedContext
 from models.upanets import UPANets
-from utils import DistributedContext
+from sampledata import make_cifar10
 
 # images/s per option, as a machine where bf16 is fast might give them
 RATES = {"fp32": 100.0, "fp32 + channels_last": 120.0, "bf16": 200.0, "bf16 + channels_last": 230.0}

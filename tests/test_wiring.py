@@ -2,7 +2,7 @@
 resumed run continues from.
 
 The runs here are in-process (`main.main(args)`) on a tiny fake CIFAR-10, with `UPANets.forward` wrapped to record
-what the model receives, or CLI runs (see conftest.py) whose checkpoints are read back.
+what the model receives, or CLI runs (see helpers.py) whose checkpoints are read back.
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_flags
 
-import data
+import augment
+import decoding
+import loading
 import main
 import utils
-from conftest import tiny_flags
-from fakedata import make_cifar10
 from models.upanets import UPANets
+from sampledata import make_cifar10
 
 SEED = 3
 # CIFAR-10's own statistics, written out here so that a mix-up in the code cannot hide.
@@ -86,21 +88,21 @@ def test_first_training_batch_is_the_seeded_crop_flip_normalised_with_cifar10_st
     fed = forward_recorder.first(main.main(cifar10_args(tmp_path)))["input"]
 
     # The same batch built here from the written images: the loader's first batch for (seed, epoch 0) ...
-    train_set = data.ImageDataset(torch.from_numpy(fake.train_images), torch.from_numpy(fake.train_labels))
-    loader = data.DeviceLoader(train_set, 8, shuffle=True, device="cpu", seed=SEED)
+    train_set = decoding.ImageDataset(torch.from_numpy(fake.train_images), torch.from_numpy(fake.train_labels))
+    loader = loading.DeviceLoader(train_set, 8, shuffle=True, device="cpu", seed=SEED)
     loader.set_epoch(0)
     images, _ = next(iter(loader))
     # ... cropped from 4 px of zero padding and flipped with the generator seeded for (seed, epoch 0, rank 0) ...
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([SEED, 0, 0]).generate_state(1, np.uint64)[0]))
-    augmented = data.random_crop_flip(images, pad=4, generator=generator, flip=True)
+    augmented = augment.random_crop_flip(images, pad=4, generator=generator, flip=True)
     # ... and normalised with CIFAR-10's mean and std.
-    expected = data.normalize(augmented, CIFAR10_MEAN, CIFAR10_STD)
+    expected = augment.normalize(augmented, CIFAR10_MEAN, CIFAR10_STD)
 
     assert fed.shape == (8, 3, 32, 32) and fed.dtype == torch.float32
     torch.testing.assert_close(fed, expected, rtol=0, atol=1e-6)
     # the comparison can tell: this batch is augmented (flipped and shifted), not the plain images
-    assert not torch.allclose(fed, data.normalize(images, CIFAR10_MEAN, CIFAR10_STD), rtol=0, atol=1e-3)
-    unflipped = data.random_crop_flip(images, 4, torch.Generator().manual_seed(generator.initial_seed()), flip=False)
+    assert not torch.allclose(fed, augment.normalize(images, CIFAR10_MEAN, CIFAR10_STD), rtol=0, atol=1e-3)
+    unflipped = augment.random_crop_flip(images, 4, torch.Generator().manual_seed(generator.initial_seed()), flip=False)
     assert not torch.equal(augmented, unflipped)
 
 

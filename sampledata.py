@@ -1,14 +1,21 @@
-"""Tiny data sets in the real on-disk formats, for tests (the real ones cannot be downloaded offline).
+"""Small image sets in the real on-disk formats, for the tests, the benchmarks and the offline examples (CIFAR and
+Tiny ImageNet cannot always be downloaded): CIFAR's pickled batches, Tiny ImageNet's folders, image folders, and
+scikit-learn's handwritten digits (a real, learnable set that needs no network) in any of those formats.
 
-Each builder writes under `root` (the `data_dir` that data.load_data takes) and returns the exact
+    python sampledata.py digits data/digits --size 16 --train 1400         # an image folder: --dataset folder
+    python sampledata.py digits data/digits-cifar --format cifar10          # CIFAR-10 files: --dataset cifar10
+
+Each builder writes under `root` (the `data_dir` that datasets.load_data takes) and returns the exact
 images (uint8 (N, 3, H, W) numpy) and labels it wrote, so tests can compare pixel for pixel.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import pickle
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,3 +206,29 @@ def make_image_folder(root: str | Path, classes: Sequence[str] = ("cat", "dog"),
                 ys.append(label)
         out[split] = (np.stack(xs), np.array(ys, dtype=np.int64))
     return FakeData(*out["train"], *out["val"], classes)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python sampledata.py digits ROOT``: write the digits set for main.py's --dataset folder or cifar10."""
+    parser = argparse.ArgumentParser(description="Write scikit-learn's digits as a data set main.py reads",
+                                     allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("set", choices=("digits",), help="the set to write")
+    parser.add_argument("root", type=Path, help="the --data-dir to write it into")
+    parser.add_argument("--format", default="folder", choices=("folder", "cifar10"),
+                        help="folder: ROOT/{train,val}/<digit>/<i>.png; cifar10: ROOT/cifar-10-batches-py")
+    parser.add_argument("--size", default=32, type=int, help="image size (cifar10 needs 32)")
+    parser.add_argument("--train", default=1500, type=int, help="training images (of 1,797); the rest are val/test")
+    parser.add_argument("--seed", default=0, type=int, help="seed of the train/test shuffle")
+    args = parser.parse_args(argv)
+    if args.format == "cifar10" and args.size != 32:
+        parser.error("--format cifar10 holds 32x32 images: use --size 32")
+    if not 0 < args.train < 1797:
+        parser.error(f"--train must be between 1 and 1,796, got {args.train}")
+    fake = digits(size=args.size, n_train=args.train, seed=args.seed)
+    (write_image_folder if args.format == "folder" else write_cifar10)(args.root, fake)
+    print(f"wrote {len(fake.train_labels)} train and {len(fake.test_labels)} test digits "
+          f"({args.size}x{args.size}) to {args.root}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
