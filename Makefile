@@ -24,7 +24,7 @@ PIPENV = $(shell command -v pipenv 2>/dev/null || echo "$(PYTHON) -m pipenv")
 VENV  := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: help setup train test lock bench figures clean distclean
+.PHONY: help setup train run shell test lock bench figures clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -43,7 +43,15 @@ $(STAMP): Pipfile.lock
 	@touch $@
 
 train: setup ## train: make train ARGS="--dataset cifar10 ..."
-	$(PIPENV) run python main.py $(ARGS)
+	$(VENV)/bin/python main.py $(ARGS)
+
+run: setup ## run any script inside the environment: make run ARGS="predict.py --weights best.pth img.png"
+	$(VENV)/bin/python $(ARGS)
+
+shell: setup ## a bash shell inside the environment (its python has torch; `exit` leaves it)
+	@echo "make shell: $(VENV) is active; type exit to leave"
+	@# Activated after the user's ~/.bashrc, which may put another python (pyenv's, say) first on PATH.
+	@exec bash --rcfile <(printf '[ -f ~/.bashrc ] && . ~/.bashrc\n. %s/bin/activate\n' "$(CURDIR)/$(VENV)") -i
 
 test: setup ## run the test suite (extra pytest flags: PYTEST_ARGS="-k model")
 	@rc=0; $(PIPENV) run python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
@@ -54,10 +62,10 @@ lock: ## regenerate Pipfile.lock from Pipfile (scripts/lock.sh)
 	bash scripts/lock.sh
 
 bench: setup ## run benchmarks/benchmark.py (ARGS passed through)
-	$(PIPENV) run python benchmarks/benchmark.py $(ARGS)
+	$(VENV)/bin/python benchmarks/benchmark.py $(ARGS)
 
 figures: setup ## redraw materials/upanets_architecture.png
-	$(PIPENV) run python materials/draw_architecture.py $(ARGS)
+	$(VENV)/bin/python materials/draw_architecture.py $(ARGS)
 
 clean: ## remove caches and build artifacts (keeps .venv, data, checkpoints, results)
 	find . -path ./$(VENV) -prune -o -type d \( -name __pycache__ -o -name .pytest_cache \) -print0 | xargs -0r rm -rf

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -77,7 +78,7 @@ def add_model_args(group: argparse._ActionsContainer) -> None:
 def add_optimisation_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--recipe", default="paper", choices=tuple(recipes.RECIPES),
                        help="presets of the flags marked 'recipe': paper (the UPANets paper's), modern "
-                       "(torchvision's new recipe), fast (airbench's techniques); see the README")
+                       "(torchvision's new recipe), fast (airbench's techniques); see docs/recipes.md")
     group.add_argument("--epochs", default=100, type=int, help="total epochs (the schedule spans them)")
     commandline.add_batch_size_arg(group, 100, "images per step and process; the global batch is this times the number "
                            "of processes")
@@ -157,7 +158,8 @@ def add_output_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--checkpoint-dir", default=Path("./checkpoint"), type=Path,
                        help="checkpoints go in <dir>/<run-name>/")
     group.add_argument("--save-path", "--save_path", default=Path("./results"), type=Path,
-                       help="metrics, curves, args.json and command.txt go in <save-path>/<run-name>/")
+                       help="metrics, curves and args.json (the resolved flags, every start's command line, the "
+                       "run's status) go in <save-path>/<run-name>/")
     group.add_argument("--run-name", default=None,
                        help="default: <dataset>-upanets<filters>[-blocks<blocks>][-<head> unless exc]")
     group.add_argument("--resume", "-r", default=None, metavar="PATH",
@@ -202,8 +204,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--weights is for --evaluate; use --resume to continue training from a checkpoint")
     if args.resume is not None and args.evaluate:
         raise UserError("--resume and --evaluate do not go together; evaluate a checkpoint with --weights")
-    if args.sync_bn and args.device == "cpu":
-        raise UserError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
     check_recipe(args)
 
 
@@ -355,4 +355,9 @@ def resume_hint(args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    code = cli()
+    # The interpreter's last garbage collections walk every object that torch and torch._dynamo made: most of a
+    # second on a 2-core CPU, at the end of every run. Frozen, those objects are skipped; the atexit hooks (of
+    # anything imported beside main.py) and the closing of files still run.
+    gc.freeze()
+    sys.exit(code)

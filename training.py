@@ -109,7 +109,7 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: di
     """
     device = resolve_device(args.device, context)
     tuning.amp_candidates(args.amp, device)  # an --amp the device cannot run fails before the data loads
-    if args.sync_bn and device.type != "cuda":
+    if args.sync_bn and device.type != "cuda":  # checked on the device --device auto resolves to
         raise UserError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -140,7 +140,8 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: di
                             world_size=context.world_size, workers=args.workers)
 
     return Run(runtime, speed, bundle, model, nn.CrossEntropyLoss(), loader(bundle.test),
-               DeviceTransform(bundle.mean, bundle.std, device=device), val and loader(val.test), val_split)
+               DeviceTransform(bundle.mean, bundle.std, device=device),
+               None if val is None else loader(val.test), val_split)
 
 
 def load_training_data(args: argparse.Namespace, context: DistributedContext
@@ -152,7 +153,7 @@ def load_training_data(args: argparse.Namespace, context: DistributedContext
                                     in_memory=False if args.stream else None, workers=args.workers,
                                     seed=args.seed)
     val = val_split = None
-    if getattr(args, "val_split", None) and not args.evaluate:
+    if args.val_split and not args.evaluate:
         bundle, val, val_split = datasets.split_validation(bundle, args.val_split, args.seed)
     held = f" ({len(val.test)} held out for validation)" if val is not None else ""
     context.print0(f"data: {args.dataset}, {len(bundle.train)} train{held} / {len(bundle.test)} test images, "

@@ -153,7 +153,9 @@ def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.devi
     if channels_last:
         bare.to(memory_format=torch.channels_last)
     net = compile_model(bare, device, batch_size) if compile else bare
-    runtime = engine.Runtime(device, amp_dtype=AMP_DTYPES[amp], channels_last=channels_last)
+    # Evaluation runs in the option's precision too: for the probe, eval options are the --eval-amp of --evaluate.
+    runtime = engine.Runtime(device, amp_dtype=AMP_DTYPES[amp], channels_last=channels_last,
+                             eval_amp_dtype=None if train else AMP_DTYPES[amp])
     criterion = nn.CrossEntropyLoss()
     normalize = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), device=device)
     if not train:

@@ -409,10 +409,13 @@ def measure_eval(filters: int, variant: Variant, settings: Settings) -> Measured
 
 
 def eval_rows(filters: int, settings: Settings) -> list[Result]:
-    """Baseline, ours in fp32 NCHW, and ours as main.py runs by default."""
+    """Baseline; ours in fp32 (main.py's default evaluation, in either layout training may have chosen); ours in
+    bf16 + channels_last (--eval-amp bf16, or train where training chose it)."""
     variants = [Variant("baseline: original (fp32, no_grad, per-batch .item())", baseline=True),
-                Variant("ours fp32"),
-                main_default_variant("ours as main.py's defaults run here", filters, settings, train=False)]
+                Variant("ours fp32 (main.py's default evaluation)"),
+                Variant("ours fp32 + channels_last (the default evaluation of a channels_last run)",
+                        channels_last=True),
+                Variant("ours bf16 + channels_last (--eval-amp bf16)", amp="bf16", channels_last=True)]
     group = f"UPANets{filters}"
     return [run_guarded("eval", group, v.name, lambda v=v: measure_eval(filters, v, settings), settings,
                         v.baseline) for v in variants]

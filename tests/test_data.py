@@ -92,6 +92,15 @@ def test_cifar_download_failure_is_one_line(tmp_path, monkeypatch):
         load_data("cifar10", tmp_path, download=True)
 
 
+def test_a_missing_set_points_at_the_offline_demo(tmp_path, monkeypatch):
+    """Without a network (or with --no-download) the message says what trains offline."""
+    monkeypatch.setattr(datasets, "download_and_extract_archive", lambda *args, **kwargs: 1 / 0)
+    with data_error("--dataset synthetic"):
+        load_data("cifar10", tmp_path, download=True)
+    with data_error("--dataset synthetic"):
+        load_data("tiny-imagenet", tmp_path, download=False)
+
+
 def test_cifar_missing_file_is_named(tmp_path):
     make_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()
