@@ -198,6 +198,19 @@ def test_lr_flag_and_cosine_schedule(cifar_run):
     assert last["scheduler"]["base_lrs"] == [0.05] * len(groups) and last["scheduler"]["last_epoch"] == 2
 
 
+def test_printed_epoch_lines_are_the_metrics_rows(cifar_run):
+    """Each epoch's line says what its metrics row holds, in the row's precision."""
+    root, _, result = cifar_run
+    rows = read_metrics(root / "results" / "cifar10-upanets4" / "metrics.jsonl")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == len(rows) == 2
+    for line, row in zip(lines, rows):
+        assert line.startswith(
+            f"epoch {row['epoch']}/2 | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}% top-5 "), line
+        assert f" | best {row['best_acc']:.2f}% | lr {row['lr']:.4g} | {row['epoch_seconds']:.1f}s, " in line
+
+
 def test_cifar10_python3_pickles_and_original_flag_spellings(tmp_path, run_cli):
     fake = make_cifar10(tmp_path / "data", n_train=40, n_test=20, py2_str_keys=False)
     flags = tiny_flags(tmp_path, batch_size=None, save_path=None, epochs=2)

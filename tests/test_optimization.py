@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import engine
 from models.upanets import UPANets
 from optimization import Schedule, build_ema, build_optimizer, set_lr
 
@@ -121,3 +122,28 @@ def test_ema_decay_is_adjusted_as_torchvisions_and_averages_buffers():
     capped.update_parameters(trained)
     torch.testing.assert_close(dict(capped.module.named_parameters())["linear.weight"],
                                dict(trained.named_parameters())["linear.weight"], rtol=0, atol=0)
+
+
+def test_ema_copies_the_weights_during_the_warmup_and_averages_after():
+    """As torchvision's reference: each update of the warmup restarts the average (the EMA holds the weights);
+    after it, updates average; only every ema_steps-th step updates."""
+    model = nn.Linear(3, 2)
+    ema = build_ema(model, 0.5, steps=2, batch_size=1, world_size=1, epochs=2)  # alpha 0.5 * 1 * 2 / 2 = 0.5
+    trainer = engine.Trainer(model, nn.CrossEntropyLoss(), build_optimizer(model, "sgd", lr=0.1, momentum=0.0,
+                             weight_decay=0.0), torch.amp.GradScaler("cpu", enabled=False), None, ema=ema,
+                             ema_steps=2, bare=model, ema_copies=True)
+    for step, shift in enumerate((1.0, 2.0, 4.0)):
+        with torch.no_grad():
+            model.weight.fill_(shift)
+        trainer.update_ema(step)
+    assert int(ema.n_averaged) == 0 and torch.all(ema.module.weight == 4.0)  # steps 0 and 2 copied
+    trainer.ema_copies = False
+    for step, shift in enumerate((8.0, 16.0)):
+        with torch.no_grad():
+            model.weight.fill_(shift)
+        trainer.update_ema(step)  # step 0 updates (a first update copies: n_averaged was 0), step 1 does not
+    assert torch.all(ema.module.weight == 8.0) and int(ema.n_averaged) == 1
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    trainer.update_ema(2)
+    assert torch.all(ema.module.weight == 4.0)  # 8 + 0.5 * (0 - 8): averaged
