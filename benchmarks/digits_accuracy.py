@@ -46,13 +46,14 @@ def run(variant: str, seed: int, data_dir: Path, args: argparse.Namespace) -> di
         command = [sys.executable, *VARIANTS[variant], "--data-dir", str(data_dir), "--filters", str(args.filters),
                    "--epochs", str(args.epochs), "--batch-size", "100", "--seed", str(seed), "--device", "cpu",
                    "--save-path", out]
-        if variant.startswith("ours"):
+        by_main = VARIANTS[variant][0] == "main.py"
+        if by_main:
             command += ["--dataset", "cifar10", "--no-download", "--no-progress", "--run-name", "digits",
                         "--checkpoint-dir", f"{out}/checkpoint"]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{variant}, seed {seed}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
-        results = Path(out) / "digits" if variant.startswith("ours") else Path(out)
+        results = Path(out) / "digits" if by_main else Path(out)
         rows = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1]
     return {"test": last["test_acc"], **({"ema_test": last["ema_test_acc"]} if "ema_test_acc" in last else {}),
