@@ -443,11 +443,13 @@ def measure_pil_pipeline(images: np.ndarray, labels: np.ndarray, workers: int,
     return Measured(len(dataset) / (time.perf_counter() - started))
 
 
-def measure_device_pipeline(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Measured:
-    """loading.DeviceLoader + augment.DeviceTransform, as main.py trains; the second of two epochs is timed."""
+def device_epoch_rate(images: np.ndarray, labels: np.ndarray, device: torch.device, **options: Any) -> float:
+    """Images/s of loading.DeviceLoader + augment.DeviceTransform(pad=4, flip=True, **options), as main.py
+    trains; the second of two epochs is timed."""
     dataset = decoding.ImageDataset(torch.from_numpy(images), torch.from_numpy(labels))
     loader = loading.DeviceLoader(dataset, BATCH, shuffle=True, device=device)
-    transform = augment.DeviceTransform(*datasets.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True)
+    transform = augment.DeviceTransform(*datasets.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True,
+                                        **options)
     for epoch in range(2):
         loader.set_epoch(epoch)
         transform.set_epoch(epoch)
@@ -455,7 +457,11 @@ def measure_device_pipeline(images: np.ndarray, labels: np.ndarray, device: torc
         for batch, _ in loader:
             transform(batch)
         synchronize(device)
-    return Measured(len(dataset) / (time.perf_counter() - started), f"on {device.type}")
+    return len(dataset) / (time.perf_counter() - started)
+
+
+def measure_device_pipeline(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Measured:
+    return Measured(device_epoch_rate(images, labels, device), f"on {device.type}")
 
 
 def data_rows(settings: Settings) -> list[Result]:
@@ -509,20 +515,11 @@ def measure_torchvision_recipe(images: np.ndarray, labels: np.ndarray, workers: 
 
 
 def measure_device_recipe(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Measured:
-    """main.py's --auto-augment ta_wide --random-erase 0.1 on DeviceLoader batches; the second epoch is timed."""
-    dataset = decoding.ImageDataset(torch.from_numpy(images), torch.from_numpy(labels))
-    loader = loading.DeviceLoader(dataset, BATCH, shuffle=True, device=device)
-    transform = augment.DeviceTransform(*datasets.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True,
-                                        auto_augment=augment_ops.AutoAugment("ta_wide"), random_erase=0.1)
-    for epoch in range(2):
-        loader.set_epoch(epoch)
-        transform.set_epoch(epoch)
-        started = time.perf_counter()
-        for batch, _ in loader:
-            transform(batch)
-        synchronize(device)
-    return Measured(len(dataset) / (time.perf_counter() - started),
-                    f"on {device.type}, {torch.get_num_threads()} threads" if device.type == "cpu" else "on cuda")
+    """main.py's --auto-augment ta_wide --random-erase 0.1 on DeviceLoader batches."""
+    rate = device_epoch_rate(images, labels, device, auto_augment=augment_ops.AutoAugment("ta_wide"),
+                             random_erase=0.1)
+    return Measured(rate, f"on {device.type}, {torch.get_num_threads()} threads" if device.type == "cpu"
+                    else "on cuda")
 
 
 def augment_rows(settings: Settings) -> list[Result]:
