@@ -148,7 +148,7 @@ def load_training_data(args: argparse.Namespace, context: DistributedContext
                        ) -> tuple[datasets.DataBundle, datasets.DataBundle | None, datasets.ValidationSplit | None]:
     """The data set (rank 0 downloads and caches it first), and with --val-split its hold-out: (the bundle to
     train on, the bundle whose test split is the validation images, the split)."""
-    with main_process_first(context), utils.rng_untouched():
+    with main_process_first(context):
         bundle = datasets.load_data(args.dataset, args.data_dir, download=args.download, img_size=args.img_size,
                                     in_memory=False if args.stream else None, workers=args.workers,
                                     seed=args.seed)
@@ -343,7 +343,9 @@ class EpochLoop:
         selection, state = start.selection, start.epoch_state
         try:
             for epoch in range(start.epoch, self.args.epochs):
-                self.end_epoch(epoch, self.train_epoch(epoch, state, selection), selection)
+                started = time.perf_counter()
+                trained, step = self.train_epoch(epoch, state, selection)
+                self.end_epoch(epoch, step, started, trained, selection)
                 state = None
                 if agree_across_ranks(self.stop, False, self.run.runtime.context)[0]:
                     raise Stopped(self.stop.exit_code, f"stopped by signal {self.stop.signum} after epoch "
@@ -353,9 +355,9 @@ class EpochLoop:
                 self.logger.close()
         return selection
 
-    def train_epoch(self, epoch: int, state: EpochState | None, selection: Selection) -> dict[str, float]:
-        """Train ``epoch`` (from ``state``, a resumed mid-epoch position) and return its training metrics; a stop
-        signal saves the position and raises Stopped."""
+    def train_epoch(self, epoch: int, state: EpochState | None, selection: Selection) -> tuple[dict[str, float], int]:
+        """Train ``epoch`` (from ``state``, a resumed mid-epoch position); return its training metrics and its last
+        step. A stop signal saves the position and raises Stopped."""
         trainer, context = self.trainer, self.run.runtime.context
         self.loader.set_epoch(epoch)
         if state is None:
@@ -374,19 +376,19 @@ class EpochLoop:
         seconds = time.perf_counter() - started
         loss_sum, correct, seen = all_reduce_sum(torch.stack([state.loss_sum, state.correct, state.seen]),
                                                  context).tolist()
-        return {"train_loss": loss_sum / seen, "train_acc": 100 * correct / seen, "lr": lr, "started": started,
-                "train_images_per_second": (seen - images_before * context.world_size) / seconds,
-                "step": state.step}
+        return {"train_loss": loss_sum / seen, "train_acc": 100 * correct / seen, "lr": lr,
+                "train_images_per_second": (seen - images_before * context.world_size) / seconds}, state.step
 
-    def end_epoch(self, epoch: int, trained: dict[str, float], selection: Selection) -> None:
-        """Evaluate after ``epoch``, then (rank 0) log its metrics and save the checkpoints."""
-        scores, is_best = evaluate_epoch(self.args, self.run, self.models, selection, epoch, trained.pop("step"))
+    def end_epoch(self, epoch: int, step: int, started: float, trained: dict[str, float],
+                  selection: Selection) -> None:
+        """Evaluate after ``epoch`` (whose last step was ``step``, begun at ``started``), then (rank 0) log its
+        metrics and save the checkpoints."""
+        scores, is_best = evaluate_epoch(self.args, self.run, self.models, selection, epoch, step)
         # The checkpoint's optimizer holds the rate of the epoch it resumes at, as a scheduler stepped per epoch.
         set_lr(self.trainer.optimizer, self.schedule, epoch + 1)
         if self.logger is not None:
             # Logged before the checkpoint is saved: a crash between the two then costs a row that the resumed
             # run drops and logs again (rows past the checkpoint's epoch), never a row of a saved epoch.
-            started = trained.pop("started")
             self.logger.log({"epoch": epoch + 1, **trained, **scores, "best_acc": selection.best_acc,
                              "epoch_seconds": time.perf_counter() - started})
             self.checkpointer.save(epoch + 1, selection, is_best=is_best)

@@ -1,11 +1,10 @@
 """Small general helpers: seeding and RNG states, model size figures, and where a result came from."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import random
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +55,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@contextlib.contextmanager
-def rng_untouched() -> Iterator[None]:
-    """Run a block without moving the global Python, NumPy, torch and CUDA generators.
-
-    For steps that run only sometimes (decoding images into a cache, measuring the speed options): a run must
-    draw the same numbers after them whether they ran or not.
-    """
-    state = rng_state()
-    try:
-        yield
-    finally:
-        set_rng_state(state)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

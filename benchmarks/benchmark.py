@@ -351,12 +351,12 @@ def measure_train(filters: int, variant: Variant, settings: Settings) -> Measure
     return Measured(rate, "; ".join(n for n in notes if n), tflops=tflops, compile_seconds=compile_seconds)
 
 
-def main_default_variant(label: str, filters: int, settings: Settings, train: bool = True,
-                         compile: bool = False) -> Variant:
+def main_default_variant(label: str, filters: int, settings: Settings, compile: bool = False) -> Variant:
     """``label``, run with the precision and layout that main.py's defaults (--amp auto, --channels-last unset)
     choose on this machine: measured by tuning.choose, or read from its cache, as main.py would."""
     choice = tuning.choose(make_model(filters, torch.device("cpu")), amp_flag="auto", channels_last_flag=None,
-                           device=settings.device, batch_size=BATCH, train=train, context=distributed.DistributedContext())
+                           device=settings.device, batch_size=BATCH, train=True,
+                           context=distributed.DistributedContext())
     source = {"measured": "measured now", "cache": "cached"}.get(choice.source, choice.source)
     return Variant(f"{label} ({choice.label}; {source})", amp=choice.amp, channels_last=choice.channels_last,
                    compile=compile)
@@ -434,13 +434,18 @@ def measure_pil_pipeline(images: np.ndarray, labels: np.ndarray, workers: int,
                          device: torch.device) -> Measured:
     """The original input pipeline: PIL transforms per image in a DataLoader, batches copied to the device."""
     dataset = PilImages(images.transpose(0, 2, 3, 1), labels.tolist(), train_transform())
+    return Measured(dataloader_rate(dataset, workers, device))
+
+
+def dataloader_rate(dataset: torch.utils.data.Dataset, workers: int, device: torch.device) -> float:
+    """Images/s of one shuffled epoch of ``dataset`` through a DataLoader, its batches copied to ``device``."""
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers)
     started = time.perf_counter()
     for batch, targets in loader:
         batch.to(device)
         targets.to(device)
     synchronize(device)
-    return Measured(len(dataset) / (time.perf_counter() - started))
+    return len(dataset) / (time.perf_counter() - started)
 
 
 def device_epoch_rate(images: np.ndarray, labels: np.ndarray, device: torch.device, **options: Any) -> float:
@@ -504,14 +509,8 @@ def torchvision_recipe_transform() -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def measure_torchvision_recipe(images: np.ndarray, labels: np.ndarray, workers: int, device: torch.device) -> Measured:
-    loader = DataLoader(TorchvisionImages(images, labels, torchvision_recipe_transform()), batch_size=BATCH,
-                        shuffle=True, num_workers=workers)
-    started = time.perf_counter()
-    for batch, targets in loader:
-        batch.to(device)
-        targets.to(device)
-    synchronize(device)
-    return Measured(len(labels) / (time.perf_counter() - started), f"{workers} DataLoader workers")
+    dataset = TorchvisionImages(images, labels, torchvision_recipe_transform())
+    return Measured(dataloader_rate(dataset, workers, device), f"{workers} DataLoader workers")
 
 
 def measure_device_recipe(images: np.ndarray, labels: np.ndarray, device: torch.device) -> Measured:
