@@ -261,6 +261,7 @@ def main(args: argparse.Namespace) -> list[Landscape]:
     """Measure, write and plot the landscapes the flags ask for; return them."""
     check_args(args)
     device = resolve_device(args.device)
+    tuning.amp_candidates(args.eval_amp, device, "--eval-amp")  # before any image is read
     checkpoints, bundle = load_checkpoints(args)
     models = {path: build_model(path, checkpoint, args, bundle) for path, checkpoint in checkpoints.items()}
     sample = sample_images(bundle.train, args.images, args.seed)

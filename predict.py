@@ -155,6 +155,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--topk {args.topk} exceeds the model's {num_classes} classes")
     topk = args.topk or min(5, num_classes)
     device = resolve_device(args.device)
+    tuning.amp_candidates(args.eval_amp, device, "--eval-amp")  # before any prediction
     runtime = Runtime(device, progress=not args.no_progress and sys.stderr.isatty(),
                       eval_amp_dtype=tuning.autocast_dtype(args.eval_amp))
 

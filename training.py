@@ -108,7 +108,10 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: di
     ``checkpoint`` is the one to resume or evaluate, whose precision and layout a run keeps when the flags allow.
     """
     device = resolve_device(args.device, context)
-    tuning.amp_candidates(args.amp, device)  # an --amp the device cannot run fails before the data loads
+    # An --amp or --eval-amp the device cannot run fails before the data loads.
+    tuning.amp_candidates(args.amp, device)
+    if args.eval_amp != "train":
+        tuning.amp_candidates(args.eval_amp, device, "--eval-amp")
     if args.sync_bn and device.type != "cuda":  # checked on the device --device auto resolves to
         raise UserError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
     if device.type == "cuda":

@@ -93,23 +93,26 @@ def label(amp: str, channels_last: bool) -> str:
 # ----------------------------------------------------------------------------- candidates
 
 
-def amp_candidates(flag: str, device: torch.device) -> list[str]:
-    """The precisions ``--amp flag`` allows on ``device``: all it supports for ``auto``, else the one named."""
+def amp_candidates(flag: str, device: torch.device, name: str = "--amp") -> list[str]:
+    """The precisions ``--amp flag`` allows on ``device``: all it supports for ``auto``, else the one named.
+
+    ``name`` is the flag the value came from (--amp, or --eval-amp, whose values are checked the same way).
+    """
     if flag == "off":
         return ["fp32"]
     if device.type == "cuda":
         # Native bf16 needs compute capability 8.0 (Ampere); older GPUs only emulate it, slowly.
         bf16_ok = torch.cuda.get_device_capability(device) >= (8, 0)
         if flag == "bf16" and not bf16_ok:
-            raise UserError("--amp bf16: this GPU has no bf16 support; use --amp fp16 or off")
+            raise UserError(f"{name} bf16: this GPU has no bf16 support; use {name} fp16 or off")
         return ["fp32", "bf16" if bf16_ok else "fp16"] if flag == "auto" else [flag]
     if device.type == "cpu":
         if flag == "fp16":
-            raise UserError("--amp fp16 needs a CUDA GPU; on the CPU use --amp bf16 or off")
+            raise UserError(f"{name} fp16 needs a CUDA GPU; on the CPU use {name} bf16 or off")
         return ["fp32", "bf16"] if flag == "auto" else [flag]
     if flag == "auto":
         return ["fp32"]
-    raise UserError(f"--amp {flag} is supported on cuda and cpu, not {device.type}")
+    raise UserError(f"{name} {flag} is supported on cuda and cpu, not {device.type}")
 
 
 def candidates(amp_flag: str, channels_last_flag: bool | None, device: torch.device) -> list[tuple[str, bool]]:

@@ -168,3 +168,22 @@ def test_cold_and_warm_caches_give_bit_identical_checkpoints(tmp_path):
     cold, warm = (torch.load(tmp_path / "checkpoint" / name / "last.pth", weights_only=True)["model"]
                   for name in ("cold", "warm"))
     assert all(torch.equal(cold[key], warm[key]) for key in cold)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_an_eval_precision_the_cpu_lacks_is_refused_by_its_own_name(split_run, tmp_path):
+    """--eval-amp fp16 on the CPU fails before any work, naming --eval-amp (not --amp), in every script."""
+    root, _, _, flags = split_run
+    best = root / "checkpoint" / "split" / "best.pth"
+    expected = "error: --eval-amp fp16 needs a CUDA GPU; on the CPU use --eval-amp bf16 or off"
+    other = [str(flag) for flag in flags]
+    other[other.index("--run-name") + 1] = "fp16-eval"
+    for result in (run_main([*other, "--eval-amp", "fp16"], cwd=root),
+                   run_main(["--evaluate", "--weights", best, "--data-dir", root / "data", "--eval-amp", "fp16",
+                             "--device", "cpu"], cwd=root),
+                   run_script("predict.py", ["--weights", best, root / "data" / "val", "--eval-amp", "fp16",
+                                             "--device", "cpu"], cwd=root),
+                   run_script("landscape.py", ["--weights", best, "--data-dir", root / "data", "--eval-amp", "fp16",
+                                               "--device", "cpu", "--out", tmp_path / "ls"], cwd=root)):
+        assert one_line_error(result) == expected
+    assert not (root / "checkpoint" / "fp16-eval").exists() and not (tmp_path / "ls" / "landscape.csv").exists()
