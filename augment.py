@@ -72,9 +72,10 @@ class DeviceTransform:
     did not), ``auto_augment`` (an augment_ops.AutoAugment), normalisation, random erasing with probability
     ``random_erase``; then :meth:`mix` with ``mixing``. The paper's recipe is the crop and the random flip.
 
-    The generator lives on ``device`` and is reseeded from (seed, epoch, rank) by set_epoch, so augmentation is
-    reproducible on resume and differs between DDP ranks; MixUp/CutMix draw from (seed, epoch, rank, step) and
-    alternating flips from (seed, epoch) and each image's index in the set.
+    The generator lives on ``device`` and is reseeded from (seed, epoch, rank) by set_epoch, so augmentation
+    differs between DDP ranks and is reproducible on resume: a resume mid-epoch passes set_epoch the generator
+    state its checkpoint saved. MixUp/CutMix draw from (seed, epoch, rank, step) and alternating flips from
+    (seed, epoch) and each image's index in the set, so the epoch given to set_epoch fixes them.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, device: torch.device | str, pad: int = 0,
@@ -94,9 +95,18 @@ class DeviceTransform:
         self.generator = torch.Generator(device=self.device)
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, generator_state: Tensor | None = None) -> None:
+        """Draw as in ``epoch`` (0-based): from its start, or from ``generator_state`` (what
+        :meth:`generator_state` returned mid-epoch) when resuming inside it."""
         self.epoch = epoch
-        self.generator.manual_seed(mixed_seed(self.seed, epoch, self.rank))
+        if generator_state is None:
+            self.generator.manual_seed(mixed_seed(self.seed, epoch, self.rank))
+        else:
+            self.generator.set_state(generator_state)
+
+    def generator_state(self) -> Tensor:
+        """Where the per-image draws stand, for a mid-epoch checkpoint."""
+        return self.generator.get_state()
 
     def __call__(self, images: Tensor, indices: Tensor | None = None) -> Tensor:
         """Augment and normalise; ``indices`` (the images' places in the training set) only for alternating flips."""

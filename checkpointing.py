@@ -14,8 +14,9 @@ A checkpoint is a dict of tensors and plain Python values, so it loads with
     best_acc     best top-1 accuracy so far of the model selection (percent; -1 before the first evaluation):
                  on the validation split with --val-split, else the test set; of the EMA model with --model-ema
     best         the epoch of ``best_acc`` and what was measured then (the test accuracy with --val-split)
-    epoch_state  None after a whole epoch; after a stop signal mid-epoch, the step reached, the epoch's running
-                 sums, the augmentation RNG state and what replaying the epoch exactly needs
+    epoch_state  None after a whole epoch; after a stop signal mid-epoch, ``ranks``: each process's position in
+                 the epoch (the step reached, its running sums and its augmentation generator's state), and
+                 what replaying the epoch exactly needs (batch size, seed, device type; ``world_size``)
     world_size   processes that trained it
     args         the run's flags (JSON-able)
     rng          Python, NumPy, torch and CUDA RNG states
@@ -164,11 +165,18 @@ class Selection:
 
 @dataclass
 class ResumePoint:
-    """Where training continues: after ``epoch`` whole epochs, or inside the next one at ``epoch_state``."""
+    """Where training continues: after ``epoch`` whole epochs, or inside the next one at ``epoch_state``, with
+    the augmentation generator at ``augment_state`` (this process's, as the mid-epoch checkpoint saved it)."""
 
     epoch: int = 0
     selection: Selection = field(default_factory=Selection)
     epoch_state: EpochState | None = None
+    augment_state: torch.Tensor | None = None
+
+
+def epoch_position(state: EpochState, trainer: Trainer) -> dict[str, Any]:
+    """One process's place inside an epoch, as a mid-epoch checkpoint keeps it for each process."""
+    return {**state.state_dict(), "augment_rng": trainer.augment.generator_state()}
 
 
 class Checkpointer:
@@ -192,8 +200,10 @@ class Checkpointer:
     def best(self) -> Path:
         return self.folder / BEST
 
-    def state(self, epoch: int, selection: Selection, epoch_state: EpochState | None = None) -> dict[str, Any]:
-        """The checkpoint after ``epoch`` whole epochs, or mid-epoch at ``epoch_state``."""
+    def state(self, epoch: int, selection: Selection, positions: list[dict[str, Any]] | None = None
+              ) -> dict[str, Any]:
+        """The checkpoint after ``epoch`` whole epochs, or inside the next one at ``positions`` (every process's
+        :func:`epoch_position`, in rank order)."""
         optimizer, ema = self.trainer.optimizer, self.trainer.ema
         return {
             "model": self.model.state_dict(),
@@ -205,9 +215,7 @@ class Checkpointer:
             "epoch": epoch,
             "best_acc": selection.best_acc,
             "best": selection.to_dict(),
-            "epoch_state": None if epoch_state is None else {
-                **epoch_state.state_dict(), "augment_rng": self.trainer.augment.generator.get_state(),
-                **self._replay_key()},
+            "epoch_state": None if positions is None else {"ranks": positions, **self._replay_key()},
             "world_size": self.runtime.context.world_size,
             "args": jsonable(vars(self.args)),
             "rng": utils.rng_state(),
@@ -215,9 +223,9 @@ class Checkpointer:
         }
 
     def save(self, epoch: int, selection: Selection, *, is_best: bool = False,
-             epoch_state: EpochState | None = None) -> None:
+             positions: list[dict[str, Any]] | None = None) -> None:
         """Write ``last.pth`` (and ``best.pth`` when ``is_best``), each atomically."""
-        save_checkpoint(self.state(epoch, selection, epoch_state), self.last, *([self.best] if is_best else []))
+        save_checkpoint(self.state(epoch, selection, positions), self.last, *([self.best] if is_best else []))
 
     def restore(self, checkpoint: dict[str, Any], path: Path) -> ResumePoint:
         """Load ``checkpoint`` (read from ``path``), which :meth:`save` wrote, into the model, its EMA, the
@@ -235,8 +243,10 @@ class Checkpointer:
             point = ResumePoint(checkpoint["epoch"], Selection.from_checkpoint(checkpoint))
             saved = checkpoint["epoch_state"]
             if saved is not None and self._can_replay(saved, checkpoint["world_size"]):
-                point.epoch_state = EpochState.from_state_dict(saved, self.runtime.device)
-                self.trainer.augment.generator.set_state(saved["augment_rng"])
+                # Checkpoints written before ``ranks`` existed hold the one process's position at the top level.
+                position = saved["ranks"][self.runtime.context.rank] if "ranks" in saved else saved
+                point.epoch_state = EpochState.from_state_dict(position, self.runtime.device)
+                point.augment_state = position["augment_rng"]
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise UserError(f"{path} is not a complete training checkpoint of this repo "
                             f"({type(e).__name__}: {e}); resume from a {LAST} it wrote") from None
@@ -246,7 +256,9 @@ class Checkpointer:
         return {"batch_size": self.args.batch_size, "seed": self.args.seed, "device_type": self.runtime.device.type}
 
     def _can_replay(self, saved: dict[str, Any], world_size: int) -> bool:
-        """A mid-epoch position replays exactly only for the same batches and augmentation stream, which a
-        single process on the same kind of device reproduces; otherwise that epoch starts again."""
+        """A mid-epoch position replays exactly only for the same batches and augmentation streams: the same
+        batch size, seed, kind of device and number of processes (each resumes its own position); otherwise
+        that epoch starts again."""
         same = all(saved[key] == value for key, value in self._replay_key().items())
-        return same and self.runtime.context.world_size == 1 == world_size
+        # Before ``ranks`` existed a checkpoint kept rank 0's position alone.
+        return same and self.runtime.context.world_size == world_size and ("ranks" in saved or world_size == 1)

@@ -159,6 +159,15 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return tensor
 
 
+def gather_objects(value: Any, context: DistributedContext) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank: ``[value]`` for one process."""
+    if not context.enabled:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 @contextlib.contextmanager
 def main_process_first(context: DistributedContext) -> Iterator[None]:
     """Let rank 0 run the block (a download, a cache write) before the other ranks do."""

@@ -27,8 +27,8 @@ import datasets
 import tuning
 import utils
 from augment import DeviceTransform, Mixing
-from checkpointing import Checkpointer, ResumePoint, Selection, load_checkpoint
-from distributed import DistributedContext, all_reduce_sum, main_process_first, resolve_device
+from checkpointing import Checkpointer, ResumePoint, Selection, epoch_position, load_checkpoint
+from distributed import DistributedContext, all_reduce_sum, gather_objects, main_process_first, resolve_device
 from engine import EpochState, Runtime, Stopped, StopRequest, Trainer, agree_across_ranks, evaluate, train_one_epoch
 from errors import UserError, one_line
 from files import check_writable, read_json, write_json
@@ -343,13 +343,13 @@ class EpochLoop:
 
     def train(self, start: ResumePoint) -> Selection:
         """Train from ``start`` to the last epoch; return the model selection."""
-        selection, state = start.selection, start.epoch_state
+        selection, state, augment_state = start.selection, start.epoch_state, start.augment_state
         try:
             for epoch in range(start.epoch, self.args.epochs):
                 started = time.perf_counter()
-                trained, step = self.train_epoch(epoch, state, selection)
+                trained, step = self.train_epoch(epoch, state, augment_state, selection)
                 self.end_epoch(epoch, step, started, trained, selection)
-                state = None
+                state = augment_state = None
                 if agree_across_ranks(self.stop, False, self.run.runtime.context)[0]:
                     raise Stopped(self.stop.exit_code, f"stopped by signal {self.stop.signum} after epoch "
                                   f"{epoch + 1}; continue by running the same command with --resume auto")
@@ -358,13 +358,17 @@ class EpochLoop:
                 self.logger.close()
         return selection
 
-    def train_epoch(self, epoch: int, state: EpochState | None, selection: Selection) -> tuple[dict[str, float], int]:
-        """Train ``epoch`` (from ``state``, a resumed mid-epoch position); return its training metrics and its last
-        step. A stop signal saves the position and raises Stopped."""
+    def train_epoch(self, epoch: int, state: EpochState | None, augment_state: torch.Tensor | None,
+                    selection: Selection) -> tuple[dict[str, float], int]:
+        """Train ``epoch`` (from ``state`` and ``augment_state``, a resumed mid-epoch position); return its training
+        metrics and its last step. A stop signal saves every process's position and raises Stopped.
+
+        Whatever changes from epoch to epoch (the sampler's order, the augmentation's and mixing's draws, the
+        flips' parity, the learning rate, the EMA's warmup) is set here from ``epoch`` alone, on every path."""
         trainer, context = self.trainer, self.run.runtime.context
         self.loader.set_epoch(epoch)
+        trainer.augment.set_epoch(epoch, augment_state)
         if state is None:
-            trainer.augment.set_epoch(epoch)
             state = EpochState.zeros(self.run.runtime.device)
         lr = set_lr(trainer.optimizer, self.schedule, epoch)
         trainer.ema_copies = epoch < self.args.lr_warmup_epochs
@@ -372,8 +376,9 @@ class EpochLoop:
         on_sync = None if self.logger is None else self.logger.train_loss_log(state, epoch)
         if not train_one_epoch(trainer, self.loader, state, self.run.runtime, epoch=epoch, stop=self.stop,
                                on_sync=on_sync):
+            positions = gather_objects(epoch_position(state, trainer), context)
             if context.is_main:
-                self.checkpointer.save(epoch, selection, epoch_state=state)
+                self.checkpointer.save(epoch, selection, positions=positions)
             raise Stopped(self.stop.exit_code, f"stopped by signal {self.stop.signum} at epoch {epoch + 1}, step "
                           f"{state.step}; continue by running the same command with --resume auto")
         seconds = time.perf_counter() - started

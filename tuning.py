@@ -8,7 +8,8 @@ each in NCHW and in channels_last. Which one wins differs between machines of th
 channels_last trained about twice as fast as fp32 on a 2-core AMD EPYC, bf16 was slower than fp32 on an
 Intel Xeon without AMX), so nothing is guessed from CPU flags. Results are cached per machine in
 ``$XDG_CACHE_HOME/upanets/speed.json`` (default ``~/.cache``): only the first run with a given model, batch
-size and thread count pays.
+size and thread count pays. Options within TIE_MARGIN of the fastest are a tie, which goes to the first in
+PREFERENCE, so that timing noise never decides which model a command trains.
 """
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ WARMUP_STEPS = {"cpu": 2, "cuda": 3}
 MIN_TIMED_SECONDS = 0.25
 MAX_TIMED_STEPS = 20
 FIRST_STEP_FRACTION = 0.5
+# Options measured within TIE_MARGIN of the fastest are tied, and a tie goes to the first of them in
+# PREFERENCE (fp32 before lower precisions, then PyTorch's default layout before channels_last), not to the
+# luckier timing. The layouts and precisions compute in different orders, so the choice decides the trained
+# weights: two probes of one command on an AVX2-only AMD EPYC timed NCHW and channels_last at 148.6 against
+# 148.2 and at 126.4 against 129.5 images/s, and the two runs trained different models. 10% covers the probe's
+# run-to-run spread measured on a loaded 2-core machine.
+TIE_MARGIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,18 @@ class SpeedChoice:
                "cache": f"measured earlier, cached in {cache_path()}",
                "checkpoint": "as the checkpoint was trained"}[self.source]
         rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in self.rates.items())
-        return f"speed: {self.label} ({how}" + (f"; images/s: {rates})" if rates else ")")
+        fastest = max(self.rates, key=self.rates.__getitem__) if self.rates else self.label
+        tie = "" if fastest == self.label else (f"; {fastest}, the fastest, is within {TIE_MARGIN:.0%}: a tie, which "
+                                                "goes to the preferred option")
+        return f"speed: {self.label} ({how}" + (f"; images/s: {rates}" if rates else "") + tie + ")"
+
+
+def preferred(rates: dict[str, float]) -> str:
+    """The option that ``rates`` (images/s by label) choose: the first in PREFERENCE within TIE_MARGIN of the
+    fastest."""
+    fastest = max(rates.values())
+    tied = [name for name, rate in rates.items() if rate >= (1 - TIE_MARGIN) * fastest]
+    return min(tied, key=PREFERENCE.index)
 
 
 def autocast_dtype(flag: str) -> torch.dtype | None:
@@ -88,6 +107,9 @@ def autocast_dtype(flag: str) -> torch.dtype | None:
 
 def label(amp: str, channels_last: bool) -> str:
     return f"{amp} + channels_last" if channels_last else amp
+
+
+PREFERENCE = tuple(label(amp, layout) for amp in AMP_DTYPES for layout in (False, True))
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -123,8 +145,9 @@ def candidates(amp_flag: str, channels_last_flag: bool | None, device: torch.dev
 # ----------------------------------------------------------------------------- measuring
 
 
-def time_steps(step: Callable[[], None], device: torch.device, batch_size: int) -> float:
-    """Images/s of ``step`` over at least MIN_TIMED_SECONDS."""
+def time_steps(step: Callable[[], None], device: torch.device, batch_size: int,
+               max_steps: int = MAX_TIMED_STEPS) -> float:
+    """Images/s of ``step`` over at least MIN_TIMED_SECONDS (one step at least, ``max_steps`` at most)."""
     _synchronize(device)
     steps, started = 0, time.perf_counter()
     while True:
@@ -132,7 +155,7 @@ def time_steps(step: Callable[[], None], device: torch.device, batch_size: int) 
         steps += 1
         _synchronize(device)
         elapsed = time.perf_counter() - started
-        if elapsed >= MIN_TIMED_SECONDS or steps >= MAX_TIMED_STEPS:
+        if elapsed >= MIN_TIMED_SECONDS or steps >= max_steps:
             return steps * batch_size / elapsed
 
 
@@ -187,11 +210,7 @@ def measure(model: UPANets, options: list[tuple[str, bool]], device: torch.devic
     for option in sorted(options, key=lambda o: (o[0] == "fp32", not o[1])):  # bf16, then channels_last, first
         name = label(*option)
         step = probe_step(model, *option, device, batch_size, train)
-        _synchronize(device)
-        started = time.perf_counter()
-        step()
-        _synchronize(device)
-        first_rate = batch_size / (time.perf_counter() - started)
+        first_rate = time_steps(step, device, batch_size, max_steps=1)
         if device.type == "cpu" and rates and first_rate < FIRST_STEP_FRACTION * max(rates.values()):
             rates[name] = first_rate
             continue
@@ -277,8 +296,7 @@ def _measure_or_recall(model: UPANets, options: list[tuple[str, bool]], device: 
         write_cache({**read_cache(), key: rates})
     allowed = {label(*option): option for option in options}
     shown = {name: rate for name, rate in rates.items() if name in allowed}
-    best = max(shown, key=shown.__getitem__)
-    return SpeedChoice(*allowed[best], "measured" if missing else "cache", shown)
+    return SpeedChoice(*allowed[preferred(shown)], "measured" if missing else "cache", shown)
 
 
 def _broadcast(choice: SpeedChoice | None, options: list[tuple[str, bool]],

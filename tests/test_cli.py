@@ -24,6 +24,7 @@ from PIL import Image
 import augment
 import datasets
 import training
+import tuning
 from models.upanets import UPANets, load_weights
 from sampledata import digits, make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet, write_image_folder
 
@@ -60,13 +61,13 @@ def check_startup(stdout: str, *, dataset: str, n_train: int, n_test: int, class
 
 
 def check_speed_choice(stdout: str, checkpoint: Path) -> None:
-    """--amp off with --channels-last unset: both layouts timed, the faster one used, printed and saved."""
+    """--amp off with --channels-last unset: both layouts timed, the one they choose used, printed and saved."""
     speed = startup_line(stdout, "speed:")
     choice = load_ckpt(checkpoint)["speed_choice"]
     rates = choice["rates"]
     assert set(rates) == {"fp32", "fp32 + channels_last"} and all(rate > 0 for rate in rates.values())
     assert choice["amp"] == "fp32" and choice["source"] == "measured"
-    winner = max(rates, key=rates.__getitem__)
+    winner = tuning.preferred(rates)
     assert choice["channels_last"] == (winner == "fp32 + channels_last")
     assert speed.startswith(f"speed: {winner} (measured now; images/s: ")
     assert f"(amp=fp32, channels_last={choice['channels_last']}, " in startup_line(stdout, "training ")
@@ -298,8 +299,11 @@ def test_resume_is_exact(cifar_run, tmp_path, run_cli):
     shutil.copytree(ref_root / "data", tmp_path / "data")
     common = ["--dataset", "cifar10", "--data-dir", tmp_path / "data", "--no-download", "--lr", "0.05",
               "--seed", "0"]
-    first = run_cli([*common, *tiny_flags(tmp_path, epochs=1)], cwd=tmp_path)
+    # The reference run's speed cache: the same layout as the reference, whatever a probe now would time.
+    same_choice = {"XDG_CACHE_HOME": str(ref_root / "cache")}
+    first = run_cli([*common, *tiny_flags(tmp_path, epochs=1)], cwd=tmp_path, env=same_choice)
     assert_success(first)
+    assert "(measured earlier, cached in " in startup_line(first.stdout, "speed:")
     second = run_cli([*common, *tiny_flags(tmp_path, epochs=2), "-r", "auto"], cwd=tmp_path)
     assert_success(second)
     assert f"resumed from {tmp_path / 'checkpoint' / 'cifar10-upanets4' / 'last.pth'} at epoch 2" in second.stdout

@@ -1,6 +1,5 @@
-"""The training recipes end to end: every option of the reference trainers reaches the step, a run with all of them
-on resumes bit for bit from a mid-epoch stop, the EMA weights are what the other scripts use, and bad values
-stop a run before any work."""
+"""The training recipes end to end: every option of the reference trainers reaches the step, the EMA weights are
+what the other scripts use, and bad values stop a run before any work (test_resume_exact resumes them)."""
 from __future__ import annotations
 
 import argparse
@@ -51,35 +50,6 @@ def all_options_run(recipe_data, tmp_path_factory):
     result = run_main(all_options_flags(recipe_data, root), cwd=root)
     assert result.returncode == 0, result
     return root, result
-
-
-def test_every_option_resumes_bit_exactly_after_a_mid_epoch_stop(recipe_data, all_options_run, tmp_path,
-                                                                   popen_cli, run_cli):
-    """Stopped by SIGTERM inside the first (warmup) epoch and resumed, the run ends as the uninterrupted one: the
-    same metrics, weights and EMA weights, bit for bit."""
-    proc = popen_cli(all_options_flags(recipe_data, tmp_path), cwd=tmp_path)
-    reader = LineReader(proc)
-    reader.wait_for("training all ", timeout=120)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
-    _, stderr = reader.finish()
-    step = int(re.fullmatch(r"stopped by signal 15 at epoch 1, step (\d+); continue by running the same command "
-                            r"with --resume auto", stderr.strip()).group(1))
-    assert 1 <= step < 18
-    resumed = run_cli([*all_options_flags(recipe_data, tmp_path), "--resume", "auto"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed
-    assert f"at epoch 1, step {step}" in resumed.stdout
-
-    reference = all_options_run[0]
-    strip = lambda rows: [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]  # noqa: E731
-    assert strip(read_metrics(tmp_path / "results" / "all" / "metrics.jsonl")) == strip(
-        read_metrics(reference / "results" / "all" / "metrics.jsonl"))
-    got, expected = (torch.load(root / "checkpoint" / "all" / "last.pth", weights_only=True)
-                     for root in (tmp_path, reference))
-    assert got["ema_updates"] == expected["ema_updates"] > 0
-    for key in ("model", "model_ema"):
-        for name, tensor in expected[key].items():
-            assert torch.equal(got[key][name], tensor), (key, name)
 
 
 def test_the_resolved_recipe_is_printed_and_recorded(all_options_run):

@@ -26,7 +26,7 @@ import distributed
 import errors
 import main
 import metrics
-from checkpointing import Checkpointer, Selection, load_checkpoint
+from checkpointing import Checkpointer, Selection, epoch_position, load_checkpoint
 from engine import EpochState, Runtime, Trainer
 from models.upanets import UPANets
 from optimization import build_optimizer
@@ -99,40 +99,65 @@ def test_init_distributed_passes_the_timeout_to_the_process_group(monkeypatch):
     assert (context.rank, context.world_size, context.store) == (0, 2, store) and context.job
 
 
-def _checkpointer(folder, world_size: int, batch_size: int = 8, seed: int = 0) -> Checkpointer:
+def _checkpointer(folder, world_size: int, batch_size: int = 8, seed: int = 0, rank: int = 0) -> Checkpointer:
     model = UPANets(4, 10, 1, 8)
     optimizer = build_optimizer(model, "sgd", lr=0.1, momentum=0.9, weight_decay=0.0)
     transform = augment.DeviceTransform((0.5,) * 3, (0.25,) * 3, device="cpu", pad=1, flip=True)
     trainer = Trainer(model, nn.CrossEntropyLoss(), optimizer, torch.amp.GradScaler("cpu", enabled=False), transform)
-    runtime = Runtime(torch.device("cpu"), context=distributed.DistributedContext(world_size=world_size))
+    runtime = Runtime(torch.device("cpu"), context=distributed.DistributedContext(rank=rank, world_size=world_size))
     return Checkpointer(folder, model, trainer, argparse.Namespace(batch_size=batch_size, seed=seed), runtime, {})
+
+
+def _positions(saver: Checkpointer, world_size: int) -> list[dict]:
+    """Mid-epoch positions at step 3 of ``world_size`` processes, each with its own sums and generator state."""
+    positions = []
+    for rank in range(world_size):
+        state = EpochState.zeros(torch.device("cpu"))
+        state.step = 3
+        state.seen += 24 + rank
+        saver.trainer.augment.generator.manual_seed(123 + rank)
+        positions.append(epoch_position(state, saver.trainer))
+    return positions
 
 
 @pytest.mark.parametrize("saved_world, resumed_world, batch_size, seed, replays", [
     (1, 1, 8, 0, True),
+    (2, 2, 8, 0, True),  # each process resumes its own position
     (2, 1, 8, 0, False),  # torchrun's batches and augmentation streams are not one process's
     (1, 2, 8, 0, False),
     (1, 1, 16, 0, False),
     (1, 1, 8, 1, False),
-], ids=["same", "ddp-to-single", "single-to-ddp", "other-batch-size", "other-seed"])
+], ids=["same", "same-ddp", "ddp-to-single", "single-to-ddp", "other-batch-size", "other-seed"])
 def test_mid_epoch_checkpoint_replays_only_the_same_batches(saved_world, resumed_world, batch_size, seed, replays,
                                                              tmp_path):
     """Checkpointer.restore continues inside the epoch (its step, sums and augmentation RNG) only when the
     resumed run would draw the same batches; otherwise it resumes at the start of that epoch."""
     saver = _checkpointer(tmp_path, saved_world)
-    state = EpochState.zeros(torch.device("cpu"))
-    state.step = 3
-    state.seen += 24
-    saver.trainer.augment.generator.manual_seed(123)
-    saver.save(0, Selection(), epoch_state=state)
-    resumer = _checkpointer(tmp_path, resumed_world, batch_size, seed)
-    point = resumer.restore(load_checkpoint(saver.last), saver.last)
-    assert point.epoch == 0
-    if replays:
-        assert point.epoch_state is not None and point.epoch_state.step == 3 and int(point.epoch_state.seen) == 24
-        assert torch.equal(resumer.trainer.augment.generator.get_state(), saver.trainer.augment.generator.get_state())
-    else:
-        assert point.epoch_state is None
+    positions = _positions(saver, saved_world)
+    saver.save(0, Selection(), positions=positions)
+    for rank in range(resumed_world):
+        resumer = _checkpointer(tmp_path, resumed_world, batch_size, seed, rank=rank)
+        point = resumer.restore(load_checkpoint(saver.last), saver.last)
+        assert point.epoch == 0
+        if replays:
+            assert point.epoch_state is not None and point.epoch_state.step == 3
+            assert int(point.epoch_state.seen) == 24 + rank
+            assert torch.equal(point.augment_state, positions[rank]["augment_rng"])
+        else:
+            assert point.epoch_state is None and point.augment_state is None
+
+
+def test_a_mid_epoch_checkpoint_of_the_earlier_format_replays_in_one_process_only(tmp_path):
+    """Before ``ranks`` existed, a mid-epoch checkpoint held rank 0's position at the top of ``epoch_state``."""
+    for world_size, replays in ((1, True), (2, False)):
+        saver = _checkpointer(tmp_path, world_size)
+        state = saver.state(0, Selection(), _positions(saver, 1))
+        state["epoch_state"].update(state["epoch_state"].pop("ranks")[0])
+        torch.save(state, tmp_path / "old.pth")
+        point = _checkpointer(tmp_path, world_size).restore(load_checkpoint(tmp_path / "old.pth"), tmp_path / "old.pth")
+        assert (point.epoch_state is not None) == replays
+        if replays:
+            assert point.epoch_state.step == 3 and point.augment_state is not None
 
 
 @pytest.mark.parametrize("error, line", [
