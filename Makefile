@@ -24,7 +24,7 @@ PIPENV = $(shell command -v pipenv 2>/dev/null || echo "$(PYTHON) -m pipenv")
 VENV  := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: help setup train run shell test lock bench figures clean distclean
+.PHONY: help setup train run shell test test-fast lock bench figures clean distclean
 
 help: ## list targets
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
@@ -57,6 +57,9 @@ test: setup ## run the test suite (extra pytest flags: PYTEST_ARGS="-k model")
 	@rc=0; $(PIPENV) run python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5) -- failing" >&2; fi; \
 	exit $$rc
+
+test-fast: setup ## the unit tests (tests/ but tests/e2e), a couple of minutes: the edit loop's check
+	@$(PIPENV) run python -m pytest -q --ignore=tests/e2e $(PYTEST_ARGS)
 
 lock: ## regenerate Pipfile.lock from Pipfile (scripts/lock.sh)
 	bash scripts/lock.sh

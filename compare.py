@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import commandline
-from errors import UserError
-from files import atomic_write
-from metrics import pyplot, save_figure
-from training import RECORD_KEYS
+from upanets_lab import commandline
+from upanets_lab.errors import UserError
+from upanets_lab.files import atomic_write
+from upanets_lab.training.logs import RECORD_KEYS, pyplot, save_figure
 
 # Flags that do not change what a run trains: runs that differ only in them are seeds of one recipe. Besides
 # the seed, these are per-run bookkeeping: names and folders, resumption, logging, and where and with how many

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-import commandline
-from errors import UserError
-from files import atomic_write, check_writable
-from inference import InferenceSpec, load_spec
+from upanets_lab import commandline
+from upanets_lab.errors import UserError
+from upanets_lab.files import atomic_write, check_writable
+from upanets_lab.inference.trained import InferenceSpec, load_spec
 
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2"}
 OPSET = 18

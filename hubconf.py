@@ -1,4 +1,23 @@
-"""torch.hub entry points, e.g. ``torch.hub.load("path/to/this/repo", "upanets16", source="local", num_classes=10)``."""
+"""torch.hub entry points, one per registered model (``models.list_models()``):
+
+    torch.hub.load("path/to/this/repo", "upanets16", source="local", num_classes=10)
+    torch.hub.load("path/to/this/repo", "upanets", source="local", num_classes=100, filters=32)
+"""
+from __future__ import annotations
+
+import models as _models  # private names: torch.hub lists every public callable here as a model
+
 dependencies = ["torch"]
 
-from models.upanets import UPANets, upanets16, upanets32, upanets64  # noqa: E402,F401
+
+def _hub_entry(name: str):
+    def build(num_classes: int = 10, img: int = 32, **options):
+        return _models.create_model(name, num_classes=num_classes, img=img, **options)
+
+    entry = _models.model_entry(name)
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"{entry.description} Options: {entry.options}."
+    return build
+
+
+globals().update({_name: _hub_entry(_name) for _name in _models.list_models()})

@@ -27,27 +27,26 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import commandline
-import datasets
-import tuning
-from augment import DeviceTransform
-from checkpointing import load_checkpoint, load_model_weights
-from decoding import ImageDataset, StreamingDataset
-from distributed import resolve_device
-from engine import Runtime, evaluate
-from errors import DataError, UserError
-from files import atomic_write, check_writable
-from inference import chosen_weights, fill_settings, saved_model_config, saved_normalization, section
-from loading import DeviceLoader
-from metrics import pyplot, save_figure
-from models.upanets import HEADS, UPANets, config_repr
+from models.upanets import HEADS, config_repr
+from upanets_lab import commandline
+from upanets_lab.checkpoints import CheckpointRecord, build_model, read_checkpoint
+from upanets_lab.data import sources
+from upanets_lab.data.augment import DeviceTransform
+from upanets_lab.data.decoding import ImageDataset, StreamingDataset
+from upanets_lab.data.loading import DeviceLoader
+from upanets_lab.errors import DataError, UserError
+from upanets_lab.files import atomic_write, check_writable
+from upanets_lab.inference.trained import fill_settings
+from upanets_lab.training import tuning
+from upanets_lab.training.distributed import resolve_device
+from upanets_lab.training.engine import Runtime, evaluate
+from upanets_lab.training.logs import pyplot, save_figure
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -75,7 +74,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     speed = parser.add_argument_group("speed")
     commandline.add_batch_size_arg(speed, 100, "images per evaluation batch")
     commandline.add_device_args(speed)
-    speed.add_argument("--eval-amp", default="off", choices=("off", "bf16", "fp16"),
+    speed.add_argument("--eval-amp", default="off", choices=tuning.EVAL_AMP_FLAGS,
                        help="autocast precision of the evaluations (off: fp32)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", default=Path("results/landscape"), type=Path,
@@ -164,25 +163,18 @@ def measure(model: nn.Module, coords: Sequence[float], dims: int, seed: int, loa
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def build_model(path: Path, checkpoint: dict[str, Any], args: argparse.Namespace,
-                bundle: datasets.DataBundle) -> UPANets:
+def landscape_model(record: CheckpointRecord, args: argparse.Namespace, bundle: sources.DataBundle) -> nn.Module:
     """The checkpoint's model with its weights, for the data set's classes and images; --head and --filters,
     when given, must be what the checkpoint holds."""
-    saved = saved_model_config(checkpoint, path)
-    config = {**saved, "num_classes": bundle.num_classes, "img": bundle.img_size}
-    config.update({key: value for key, value in (("filters", args.filters), ("head", args.head)) if value is not None})
-    try:
-        model = UPANets(**config)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: {e}") from None
-    load_model_weights(model, chosen_weights(checkpoint, args.raw_weights)[0], path)
+    given = {key: value for key, value in (("filters", args.filters), ("head", args.head)) if value is not None}
+    model, _ = build_model(record, num_classes=bundle.num_classes, img=bundle.img_size,
+                           raw_weights=args.raw_weights, **given)
     return model
 
 
-def label(path: Path, checkpoint: dict[str, Any], head: str) -> str:
+def label(record: CheckpointRecord, head: str) -> str:
     """``run/file (head)`` for the legend, so two heads compare at a glance."""
-    run = section(checkpoint, "args").get("run_name")
-    return f"{run}/{path.name} ({head})" if run else f"{path} ({head})"
+    return f"{record.run_name}/{record.path.name} ({head})" if record.run_name else f"{record.path} ({head})"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -242,19 +234,18 @@ def plot(path: Path, landscapes: Sequence[Landscape], coords: Sequence[float], d
 # ----------------------------------------------------------------------------- main
 
 
-def load_checkpoints(args: argparse.Namespace) -> tuple[dict[Path, dict[str, Any]], datasets.DataBundle]:
+def load_checkpoints(args: argparse.Namespace) -> tuple[list[CheckpointRecord], sources.DataBundle]:
     """The checkpoints (a bad file fails before any work) and the data set they were trained on: --dataset and
-    --img-size, else the first checkpoint's, as the one resolver (inference.fill_settings) fills them in."""
-    checkpoints = {path: load_checkpoint(path) for path in args.weights}
-    first_path, first = next(iter(checkpoints.items()))
-    fill_settings(args, first, first_path, {"dataset": "cifar10"})
-    for path, checkpoint in checkpoints.items():
-        trained_on = section(checkpoint, "data").get("dataset")
-        if trained_on not in (None, args.dataset):
-            raise UserError(f"{path} was trained on {trained_on}, not {args.dataset}; pass --dataset {trained_on}")
-    bundle = datasets.load_data(args.dataset, args.data_dir, download=args.download, img_size=args.img_size,
-                                workers=args.workers, seed=section(first, "args").get("seed", 0))
-    return checkpoints, bundle
+    --img-size, else the first checkpoint's, as the one resolver (trained.fill_settings) fills them in."""
+    records = [read_checkpoint(path) for path in args.weights]
+    fill_settings(args, records[0], {"dataset": "cifar10"})
+    for record in records:
+        if record.dataset not in (None, args.dataset):
+            raise UserError(f"{record.path} was trained on {record.dataset}, not {args.dataset}; pass --dataset "
+                            f"{record.dataset}")
+    bundle = sources.load_data(args.dataset, args.data_dir, download=args.download, img_size=args.img_size,
+                                workers=args.workers, seed=records[0].seed)
+    return records, bundle
 
 
 def main(args: argparse.Namespace) -> list[Landscape]:
@@ -262,25 +253,25 @@ def main(args: argparse.Namespace) -> list[Landscape]:
     check_args(args)
     device = resolve_device(args.device)
     tuning.amp_candidates(args.eval_amp, device, "--eval-amp")  # before any image is read
-    checkpoints, bundle = load_checkpoints(args)
-    models = {path: build_model(path, checkpoint, args, bundle) for path, checkpoint in checkpoints.items()}
+    records, bundle = load_checkpoints(args)
+    models = [landscape_model(record, args, bundle) for record in records]
     sample = sample_images(bundle.train, args.images, args.seed)
     loader = DeviceLoader(sample, args.batch_size, shuffle=False, device=device, workers=0)
     # fp32 unless --eval-amp, the default memory format: the origin is an ordinary evaluation.
     runtime = Runtime(device, eval_amp_dtype=tuning.autocast_dtype(args.eval_amp))
     coords = grid(args.points, args.span)
     landscapes = []
-    with tqdm(total=len(checkpoints) * args.points ** args.dims, desc="landscape", dynamic_ncols=True,
+    with tqdm(total=len(records) * args.points ** args.dims, desc="landscape", dynamic_ncols=True,
               disable=True if args.no_progress else None) as bar:
-        for path, checkpoint in checkpoints.items():
-            model = models.pop(path).to(device)
-            normalization = saved_normalization(checkpoint, bundle.name) or (bundle.mean, bundle.std)
+        for record, model in zip(records, models):
+            path, model = record.path, model.to(device)
+            normalization = record.normalization(bundle.name) or (bundle.mean, bundle.std)
             transform = DeviceTransform(*normalization, device=device)
             loss, accuracy = measure(model, coords, args.dims, args.seed, loader, transform, runtime, bar)
             centre = (args.points // 2,) * args.dims
             if not math.isfinite(loss[centre]):
                 raise UserError(f"{path}: the loss of the checkpoint itself is not finite; its weights are ruined")
-            landscapes.append(Landscape(path, label(path, checkpoint, model.head), loss, accuracy))
+            landscapes.append(Landscape(path, label(record, model.head), loss, accuracy))
             bar.write(f"{path}: {config_repr(model.config)}, loss {loss[centre]:.4f}, top-1 "
                       f"{accuracy[centre]:.2f}% on {len(sample)} training images", file=sys.stdout)
     write_outputs(args.out, landscapes, coords, args.dims, len(sample))

@@ -20,19 +20,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-import augment
-import augment_ops
-import commandline
-import datasets
-import inference
-import optimization
-import recipes
-import training
-from checkpointing import load_checkpoint, load_model_weights, require_training_state
-from distributed import cleanup_distributed, init_distributed, share_failure
-from engine import Stopped, StopRequest, evaluate
-from errors import UserError, one_line
+from models import list_models, model_entry
 from models.upanets import HEADS, check_config
+from upanets_lab import commandline
+from upanets_lab.checkpoints import CheckpointRecord, load_model_weights, read_checkpoint
+from upanets_lab.data import augment, augment_ops, catalog
+from upanets_lab.errors import UserError, one_line
+from upanets_lab.inference import trained
+from upanets_lab.training import logs, loop, optimization, recipes, tuning
+from upanets_lab.training.checkpointing import require_training_state
+from upanets_lab.training.distributed import cleanup_distributed, init_distributed, share_failure
+from upanets_lab.training.engine import Stopped, StopRequest, evaluate
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -63,7 +61,10 @@ def add_data_args(group: argparse._ActionsContainer) -> None:
 
 
 def add_model_args(group: argparse._ActionsContainer) -> None:
-    # --dataset, --img-size, --filters, --blocks and --head default to None: see inference.fill_settings.
+    # --dataset, --img-size, --filters, --blocks and --head default to None: see trained.fill_settings.
+    group.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
+                       help=f"the registered model to train: {', '.join(list_models())} (default: upanets, whose "
+                       "--filters 16 is the paper's UPANets16, or the evaluated checkpoint's)")
     group.add_argument("--filters", default=None, type=int,
                        help="base filters: 16, 32, 64 for UPANets16/32/64 (default: 16, or the evaluated "
                        "checkpoint's)")
@@ -135,14 +136,14 @@ def add_evaluation_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--tta", default=None, choices=augment.TTA_MODES,
                        help="test-time augmentation of every evaluation: the mean logits over flipped (and 1-pixel "
                        "translated) views, as airbench (recipe; paper: none)")
-    group.add_argument("--eval-amp", default="off", choices=("off", "bf16", "fp16", "train"),
+    group.add_argument("--eval-amp", default="off", choices=(*tuning.EVAL_AMP_FLAGS, "train"),
                        help="evaluation precision: fp32 (off), an autocast precision, or train's (as --amp chose); "
                        "reported accuracies then depend on the machine")
 
 
 def add_speed_args(group: argparse._ActionsContainer) -> None:
     commandline.add_device_args(group)
-    group.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+    group.add_argument("--amp", default="auto", choices=tuning.AMP_FLAGS,
                        help="mixed precision of training: auto = whichever of fp32 and bf16 (fp16 with grad scaling "
                        "on GPUs without bf16) trains fastest here, measured once and cached (tuning.py)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -231,21 +232,21 @@ def check_recipe(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- evaluate only
 
 
-def evaluate_weights(args: argparse.Namespace, run: training.Run, checkpoint: dict[str, Any]) -> None:
-    """``--evaluate``: the test loss and accuracy of ``--weights`` (loaded as ``checkpoint``; its EMA weights
+def evaluate_weights(args: argparse.Namespace, run: loop.Run, checkpoint: CheckpointRecord) -> None:
+    """``--evaluate``: the test loss and accuracy of ``--weights`` (read as ``checkpoint``; its EMA weights
     where it holds them, unless --raw-weights)."""
-    chosen, which = inference.chosen_weights(checkpoint, raw=args.raw_weights)
-    load_model_weights(run.model, chosen, args.weights)
+    use_ema = checkpoint.ema_weights is not None and not args.raw_weights
+    load_model_weights(run.model, checkpoint.ema_weights if use_ema else checkpoint.weights, args.weights)
     context = run.runtime.context
-    if which == "ema":
+    if use_ema:
         context.print0(f"{args.weights}: evaluating its EMA weights (--raw-weights for the trained ones)")
     transform = run.test_transform
-    normalization = inference.saved_normalization(checkpoint, args.dataset)
+    normalization = checkpoint.normalization(args.dataset)
     if normalization is not None:  # as the weights were trained: the original code's CIFAR statistics, say
-        if "net" in checkpoint:
+        if checkpoint.format == "original":
             context.print0("original code's checkpoint: normalising with its CIFAR mean/std")
         transform = augment.DeviceTransform(*normalization, device=run.runtime.device)
-    model = training.compile_if_asked(run.model, args, run.runtime)
+    model = loop.compile_if_asked(run.model, args, run.runtime)
     stats = evaluate(model, run.criterion, run.test_loader, transform, run.runtime, tta=args.tta)
     context.print0(
         f"evaluate {args.weights}: test loss {stats['loss']:.4f} | top-1 {stats['acc1']:.2f}% | "
@@ -256,18 +257,31 @@ def evaluate_weights(args: argparse.Namespace, run: training.Run, checkpoint: di
 
 
 def default_run_name(args: argparse.Namespace) -> str:
-    name = f"{args.dataset}-upanets{args.filters}"
-    if args.blocks != 1:
+    """<dataset>-<model>, the model named by its filters for upanets, then the options other than the defaults."""
+    options = model_entry(args.model).options
+    name = f"{args.dataset}-" + (f"upanets{args.filters}" if args.model == "upanets" else args.model)
+    if "blocks" in options and args.blocks != 1:
         name += f"-blocks{args.blocks}"
-    return name if args.head == "exc" else f"{name}-{args.head}"
+    return name if "head" not in options or args.head == "exc" else f"{name}-{args.head}"
 
 
-def resolve(args: argparse.Namespace) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
+def check_model_flags(args: argparse.Namespace, given: set[str]) -> None:
+    """Refuse --filters, --blocks or --head, when given, for a --model that has no such option."""
+    options = model_entry(args.model).options
+    for flag in sorted(given - set(options)):
+        taking = [name for name in list_models() if flag in model_entry(name).options]
+        raise UserError(f"--{flag} is an option of --model {' or '.join(taking)}, not of {args.model}"
+                        + (f" (whose options are --{', --'.join(options)})" if options else ""))
+
+
+def resolve(args: argparse.Namespace) -> tuple[CheckpointRecord | None, dict[str, Any], dict[str, Any]]:
     """Fill in the flags left out (from the checkpoint to evaluate, then the defaults and --recipe) and check
     them all: (the checkpoint to evaluate, if any, the settings taken from it, those taken from --recipe)."""
     # The checkpoint to evaluate is read first: it says which model (and data set) the flags left out mean.
-    weights = load_checkpoint(args.weights) if args.evaluate and args.weights is not None else None
-    from_weights = inference.fill_settings(args, weights, args.weights)
+    weights = read_checkpoint(args.weights) if args.evaluate and args.weights is not None else None
+    given = {flag for flag in loop.MODEL_FLAGS if getattr(args, flag) is not None}
+    from_weights = trained.fill_settings(args, weights)
+    check_model_flags(args, given)
     from_recipe = recipes.resolve_recipe(args)
     check_args(args)
     return weights, from_weights, from_recipe
@@ -284,11 +298,11 @@ def main(args: argparse.Namespace) -> nn.Module:
             if from_weights:
                 context.print0(f"from {args.weights}: " + " ".join(
                     f"--{key.replace('_', '-')} {value}" for key, value in from_weights.items()))
-            run = training.set_up(args, context, weights)
+            run = loop.set_up(args, context, weights)
             evaluate_weights(args, run, weights)
             return run.model
         args.run_name = args.run_name or default_run_name(args)
-        folders = training.RunFolders.for_training(args, context)  # a bad folder fails before any work
+        folders = loop.RunFolders.for_training(args, context)  # a bad folder fails before any work
         if context.restart > 0:
             context.print0(f"restart {context.restart} under torchrun: " + (
                 f"resuming from {folders.resume}" if folders.resume else "no checkpoint yet, starting from epoch 1"))
@@ -296,10 +310,10 @@ def main(args: argparse.Namespace) -> nn.Module:
         # Read before the data: a bad file fails at once, and its precision and layout carry over.
         checkpoint = None
         if folders.resume is not None:
-            checkpoint = load_checkpoint(folders.resume)
-            require_training_state(checkpoint, folders.resume)
-        run = training.set_up(args, context, checkpoint)
-        return training.train(args, run, folders, stop, checkpoint)
+            checkpoint = read_checkpoint(folders.resume)
+            require_training_state(checkpoint)
+        run = loop.set_up(args, context, checkpoint)
+        return loop.train(args, run, folders, stop, checkpoint)
     except Stopped:
         raise
     except Exception as e:
@@ -320,7 +334,7 @@ def cli(argv: Iterable[str] | None = None) -> int:
     parser, args = get_args_parser(), argparse.Namespace()
 
     def run() -> None:
-        commandline.parse_args(parser, argv, args, record_keys=training.RECORD_KEYS)
+        commandline.parse_args(parser, argv, args, record_keys=logs.RECORD_KEYS)
         main(args)
 
     try:
@@ -335,7 +349,7 @@ def memory_remedy(args: argparse.Namespace) -> str:
     """The flags that shrink what a run holds in memory."""
     flags = [f"--batch-size (now {args.batch_size})"]
     if not args.evaluate:  # the weights evaluated fix the model and its image size
-        if args.dataset in datasets.FREE_SIZE_DATASETS:
+        if args.dataset in catalog.FREE_SIZE_DATASETS:
             flags.append("--img-size")
         flags.append(f"--filters (now {args.filters})")
     listed = flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"

@@ -21,15 +21,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import commandline
-import tuning
-from augment import TTA_MODES, DeviceTransform, tta_logits
-from decoding import IMG_EXTENSIONS, read_image
-from distributed import resolve_device
-from engine import Runtime
-from errors import DataError, UserError
-from files import atomic_write, check_writable
-from inference import InferenceSpec, load_spec
+from upanets_lab import commandline
+from upanets_lab.data.augment import TTA_MODES, DeviceTransform, tta_logits
+from upanets_lab.data.decoding import IMG_EXTENSIONS, read_image
+from upanets_lab.errors import DataError, UserError
+from upanets_lab.files import atomic_write, check_writable
+from upanets_lab.inference.trained import InferenceSpec, load_spec
+from upanets_lab.training import tuning
+from upanets_lab.training.distributed import resolve_device
+from upanets_lab.training.engine import Runtime
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--tta", default="none", choices=TTA_MODES,
                             help="test-time augmentation: the mean logits over flipped (and translated) views")
-    evaluation.add_argument("--eval-amp", default="off", choices=("off", "bf16", "fp16"),
+    evaluation.add_argument("--eval-amp", default="off", choices=tuning.EVAL_AMP_FLAGS,
                             help="autocast precision of the forward passes (off: fp32)")
     speed = parser.add_argument_group("speed")
     commandline.add_batch_size_arg(speed, 64, "images per forward pass")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import pickle
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,11 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from datasets import ORIGINAL_CIFAR_NORMALIZATION  # noqa: E402  (needs the repo root on sys.path)
-from models import upanets  # noqa: E402
-from metrics import MetricsLogger  # noqa: E402
+from models import upanets
+from upanets_lab.data.catalog import ORIGINAL_CIFAR_NORMALIZATION
+from upanets_lab.training.logs import MetricsLogger
 
 ORIGINAL_MEAN, ORIGINAL_STD = ORIGINAL_CIFAR_NORMALIZATION
 

@@ -53,19 +53,14 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-import augment  # noqa: E402  (needs the repo root on sys.path)
-import augment_ops  # noqa: E402
-import datasets  # noqa: E402
-import decoding  # noqa: E402
-import errors  # noqa: E402
-import loading  # noqa: E402
-import tuning  # noqa: E402
-import distributed  # noqa: E402
-from baseline_train import PilImages, original_computation, train_transform  # noqa: E402
-from models.upanets import UPANets, check_config  # noqa: E402
-from sampledata import make_cifar10  # noqa: E402  (CIFAR-10 files in the official format)
+from models.upanets import UPANets, check_config
+from upanets_lab import errors
+from upanets_lab.data import augment, augment_ops, catalog, decoding, loading
+from upanets_lab.data.samples import make_cifar10  # CIFAR-10 files in the official format
+from upanets_lab.training import distributed, tuning
+
+from baseline_train import PilImages, original_computation, train_transform
 
 BATCH = 100
 IMG = 32
@@ -453,7 +448,7 @@ def device_epoch_rate(images: np.ndarray, labels: np.ndarray, device: torch.devi
     trains; the second of two epochs is timed."""
     dataset = decoding.ImageDataset(torch.from_numpy(images), torch.from_numpy(labels))
     loader = loading.DeviceLoader(dataset, BATCH, shuffle=True, device=device)
-    transform = augment.DeviceTransform(*datasets.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True,
+    transform = augment.DeviceTransform(*catalog.ORIGINAL_CIFAR_NORMALIZATION, device=device, pad=4, flip=True,
                                         **options)
     for epoch in range(2):
         loader.set_epoch(epoch)
@@ -503,7 +498,7 @@ def torchvision_recipe_transform() -> Callable[[torch.Tensor], torch.Tensor]:
     """torchvision's reference recipe for one image, on a uint8 tensor: the augmentation main.py runs batched."""
     from torchvision.transforms import v2
 
-    mean, std = datasets.ORIGINAL_CIFAR_NORMALIZATION
+    mean, std = catalog.ORIGINAL_CIFAR_NORMALIZATION
     return v2.Compose([v2.RandomCrop(IMG, padding=4), v2.RandomHorizontalFlip(), v2.TrivialAugmentWide(),
                        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.RandomErasing(0.1)])
 

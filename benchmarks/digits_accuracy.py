@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from upanets_lab.data.samples import digits, write_cifar10  # the digits in CIFAR-10's file format
 
-from sampledata import digits, write_cifar10  # noqa: E402  (the digits in CIFAR-10's file format)
+REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "ours-fp32": ["main.py", "--amp", "off"],

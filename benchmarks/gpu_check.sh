@@ -17,6 +17,9 @@ mode=${2:-}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+# The library (upanets_lab) and models/ from this checkout, installed or not: a GPU machine may have torch but
+# not this repo's environment.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 
 step() {  # step NAME SECONDS COMMAND...: run it with a time limit into OUT/NAME.stdout and .stderr
@@ -34,11 +37,11 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit into OUT/NAME
 torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"; } >"$out/machine.log" 2>&1
 
 if [ "$mode" = "--cpu" ]; then
-    step tests 120 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    step tests 120 "$python" -m pytest -q -p no:cacheprovider tests/e2e/test_cuda.py
     step benchmark 300 "$python" benchmarks/benchmark.py --device cpu --quick --sections train,eval,epoch \
         --time-limit 240 --json "$out/benchmark.json"
 else
-    step tests 150 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    step tests 150 "$python" -m pytest -q -p no:cacheprovider tests/e2e/test_cuda.py
     # 16 and 64 filters; the epoch rows are 2 epochs of 10,000/2,000 images per process, the second timed alone.
     step benchmark 330 "$python" benchmarks/benchmark.py --device cuda --models 16,64 --compile \
         --sections train,eval,epoch --steps 20 --epoch-timeout 120 --time-limit 300 --json "$out/benchmark.json"

@@ -11,7 +11,6 @@ Usage, from the repository root::
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +18,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Ellipse, FancyArrowPatch, FancyBboxPatch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.patches import Ellipse, FancyArrowPatch, FancyBboxPatch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
-from models.upanets import UPANets, upanets16  # noqa: E402
+from models.upanets import UPANets, upanets16
 
 DEFAULT_OUT = REPO_ROOT / "materials" / "upanets_architecture.png"
 FIG_SIZE = (16, 9)  # inches; at DPI below this is 1600 x 900 px

@@ -4,28 +4,36 @@ A CNN whose blocks carry Channel Pixel Attention (CPA), a per-pixel linear mix
 across channels, and whose head, the extreme connection (ExC), pools every stage
 with global average pooling plus Spatial Pixel Attention (SPA).
 
-This file imports torch only, so it can be copied into other projects as is.
-Parameter names, order and shapes follow the original implementation, so its
-checkpoints load with ``strict=True`` (see :func:`load_weights`). CPA and SPA
+This file imports torch only, so it can be copied into other projects as is (in this
+repo, ``models/__init__.py`` registers its builders by name). Parameter names, order and
+shapes follow the original implementation, so its state dicts load with ``strict=True``
+(see :func:`load_weights`). CPA and SPA
 also work as plug-ins after any CNN, and UPANets traces with ``torch.fx`` (for
 ``create_feature_extractor``), ``torch.compile`` and ``torch.export``.
 """
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+try:  # part of this repo's models package: the builders below join its registry
+    from ._registry import register_model
+except ImportError:  # copied alone into another project: no registry, the builders work the same
+
+    def register_model(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        return builder
+
 __all__ = [
     "CPA",
     "SPA",
     "UPABlock",
     "UPANets",
+    "upanets",
     "upanets16",
     "upanets32",
     "upanets64",
@@ -35,7 +43,6 @@ __all__ = [
     "config_repr",
     "config_reprs",
     "describe_state_dict",
-    "extract_state_dict",
     "load_weights",
 ]
 
@@ -346,16 +353,25 @@ def _checked_input(x: torch.Tensor, img: int) -> torch.Tensor:
     return x
 
 
+@register_model
+def upanets(num_classes: int = 10, img: int = 32, filters: int = 16, blocks: int = 1, head: str = "exc") -> UPANets:
+    """UPANets with ``filters`` base filters (16, 32, 64: the paper's UPANets16/32/64)."""
+    return UPANets(filters, num_classes, blocks, img, head=head)
+
+
+@register_model
 def upanets16(num_classes: int = 10, img: int = 32, blocks: int = 1, head: str = "exc") -> UPANets:
     """UPANets with 16 base filters (the paper's UPANets16)."""
     return UPANets(16, num_classes, blocks, img, head=head)
 
 
+@register_model
 def upanets32(num_classes: int = 10, img: int = 32, blocks: int = 1, head: str = "exc") -> UPANets:
     """UPANets with 32 base filters (the paper's UPANets32)."""
     return UPANets(32, num_classes, blocks, img, head=head)
 
 
+@register_model
 def upanets64(num_classes: int = 10, img: int = 32, blocks: int = 1, head: str = "exc") -> UPANets:
     """UPANets with 64 base filters (the paper's UPANets64)."""
     return UPANets(64, num_classes, blocks, img, head=head)
@@ -376,24 +392,6 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
                     key, stripped = key[len(prefix):], True
         cleaned[key] = value
     return cleaned
-
-
-def extract_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The model state dict inside a checkpoint, with wrapper prefixes removed.
-
-    Accepts this repo's checkpoints (``{"model": ...}``), the original code's
-    (``{"net": ..., "acc": ..., "epoch": ...}``) and bare state dicts.
-    """
-    for key in ("model", "net", "state_dict"):
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
-    if not checkpoint or not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
-        raise ValueError(
-            "not a UPANets checkpoint: expected a state dict of tensors, or a dict holding one "
-            "under 'model' or 'net'"
-        )
-    return clean_state_dict(checkpoint)
 
 
 def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int | str]:
@@ -430,18 +428,14 @@ def config_reprs(found: Mapping[str, Any], expected: Mapping[str, Any]) -> tuple
     return tuple(f"UPANets({', '.join(f'{key}={config[key]!r}' for key in keys)})" for config in (found, expected))
 
 
-def load_weights(
-    model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True
-) -> nn.Module:
-    """Load weights from a path or loaded checkpoint, in this repo's or the original code's format.
-
-    Files are read with ``torch.load(weights_only=True)``, which refuses pickles
-    that would run code. Weights of another configuration (size, classes or head) raise a
-    RuntimeError that names the configuration they hold.
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> nn.Module:
+    """Load a state dict into ``model``, with DataParallel's ``module.`` and torch.compile's ``_orig_mod.``
+    prefixes removed. A checkpoint file holds it under a key: ``torch.load(path, weights_only=True)["model"]``
+    for this repo's checkpoints (``["model_ema"]`` for their moving average), ``["net"]`` for the original
+    code's. Weights of another configuration (size, classes or head) raise a RuntimeError that names the
+    configuration they hold.
     """
-    if not isinstance(checkpoint, Mapping):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state_dict = extract_state_dict(checkpoint)
+    state_dict = clean_state_dict(state_dict)
     try:
         model.load_state_dict(state_dict, strict=strict)
     except RuntimeError as e:

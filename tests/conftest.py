@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
+
 from helpers import MAIN, child_env, run_main
 
 torch.set_num_threads(1)

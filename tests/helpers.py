@@ -20,7 +20,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 MAIN = REPO_ROOT / "main.py"
 # A checkpoint as the original code's main.py saves it: {"net": DataParallel state dict, "acc", "epoch"}.
-ORIGINAL_CKPT = TESTS_DIR / "data" / "original_ckpt_filters8_classes10_img32.pth"
+FIXTURES = TESTS_DIR / "fixtures"  # reference files from the original UPANets code
+ORIGINAL_CKPT = FIXTURES / "original_ckpt_filters8_classes10_img32.pth"
 
 # Variables that would turn a plain `python main.py` into one rank of a torchrun job, or make it multi-threaded.
 _SCRUBBED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -34,10 +35,11 @@ class CliResult(NamedTuple):
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a child torch process: one thread, unbuffered output, no GPU, no torchrun state."""
+    """The environment for a child torch process: one thread, unbuffered output, no GPU, no torchrun state; the
+    repository's commands (main.py) and the tests' helpers (stopping.py) importable by the scripts the tests write."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",
-               PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg")
+               PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)]))
     env.update(extra or {})
     return env
 
@@ -70,6 +72,15 @@ def tiny_flags(tmp_path: Path, **overrides) -> list[str]:
         if value is not None:
             out += [f"--{key}", str(value)]
     return out
+
+
+def state_dict_of(checkpoint: str | os.PathLike | dict) -> dict:
+    """The model weights of a checkpoint (a path or a loaded one): ours under "model", the original code's "net"."""
+    if not isinstance(checkpoint, dict):
+        import torch
+
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return checkpoint["model"] if "model" in checkpoint else checkpoint["net"]
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -15,21 +15,21 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 
-import engine
+from upanets_lab.training import engine
+
 import main
-import training
 
 
 @contextlib.contextmanager
 def stop_after(epoch: int, step: int) -> Iterator[None]:
     """While the block runs, rank 0 (or the one process) raises SIGTERM after training step ``step`` of epoch
     ``epoch`` (both 1-based; the epoch's last step stops the run at the end of that epoch)."""
-    real_train_epoch, real_train_step = training.EpochLoop.train_epoch, engine.train_step
+    real_train_one_epoch, real_train_step = engine.train_one_epoch, engine.train_step
     current = {}
 
-    def train_epoch(loop, index, *args, **kwargs):
-        current["epoch"] = index + 1
-        return real_train_epoch(loop, index, *args, **kwargs)
+    def train_one_epoch(*args, epoch: int, **kwargs):
+        current["epoch"] = epoch + 1
+        return real_train_one_epoch(*args, epoch=epoch, **kwargs)
 
     def train_step(trainer, images, labels, state, *args, **kwargs):
         real_train_step(trainer, images, labels, state, *args, **kwargs)
@@ -38,11 +38,11 @@ def stop_after(epoch: int, step: int) -> Iterator[None]:
                 raise RuntimeError("SIGTERM has no handler installed during training")
             signal.raise_signal(signal.SIGTERM)
 
-    training.EpochLoop.train_epoch, engine.train_step = train_epoch, train_step
+    engine.train_one_epoch, engine.train_step = train_one_epoch, train_step
     try:
         yield
     finally:
-        training.EpochLoop.train_epoch, engine.train_step = real_train_epoch, real_train_step
+        engine.train_one_epoch, engine.train_step = real_train_one_epoch, real_train_step
 
 
 def run_until(argv: Sequence[str | os.PathLike], epoch: int, step: int) -> int:
