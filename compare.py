@@ -40,6 +40,8 @@ IGNORED_FLAGS = frozenset({"seed", "run_name", "resume", "overwrite", "checkpoin
                            "tensorboard", "workers", "device", "config", "evaluate", "weights", "raw_weights",
                            "dist_timeout"})
 
+# The flags that choose the model: a comparison of models may differ in these alone.
+MODEL_FLAGS = frozenset({"model", "filters", "blocks", "head"})
 RUN_FOLDER_HINT = "give results/<run-name> (the folder main.py writes its metrics to) or a folder of them"
 PEEK_MARK = "†"
 
@@ -70,6 +72,9 @@ class RunSummary:
     ema_test_acc: float | None  # the EMA model's, at the same epoch
     wall_seconds: float | None  # the sum of its epochs' times; None before the first epoch
     images_per_second: float | None
+    model: str | None = None  # the registered model name (args.json's model_name)
+    params: float | None = None  # its parameters and GFLOPs per image (args.json's model_size)
+    gflops: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -95,6 +100,18 @@ class Group:
         self.images_per_second = spread(run.images_per_second for run in self.runs)
 
     @property
+    def params_m(self) -> float | None:
+        """Millions of parameters of the group's model, where its runs record them."""
+        return None if self.runs[0].params is None else self.runs[0].params / 1e6
+
+    @property
+    def acc_per_param(self) -> float | None:
+        """The UPANets paper's efficiency: final test accuracy (mean, %) per million parameters."""
+        if self.params_m is None or self.final_test_acc.mean is None:
+            return None
+        return self.final_test_acc.mean / self.params_m
+
+    @property
     def unfinished(self) -> list[RunSummary]:
         return [run for run in self.runs if not run.finished]
 
@@ -118,6 +135,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="also write the table as Markdown")
     output.add_argument("--plot", default=None, type=Path, metavar="FILE.png",
                         help="also plot each group's accuracy and training loss per epoch (mean ± sd)")
+    output.add_argument("--efficiency-plot", default=None, type=Path, metavar="FILE.png",
+                        help="also draw the UPANets paper's efficiency figure: final test accuracy (mean ± sd) "
+                        "against accuracy per million parameters, against parameters and against GFLOPs")
     return parser
 
 
@@ -257,6 +277,7 @@ def summarize_run(folder: Path) -> RunSummary:
     status, detail = run_status(record.get("status"), len(rows), planned)
     selected = selected_row(rows) or {}
     tests, speeds, seconds = (numbers(rows, key) for key in ("test_acc", "train_images_per_second", "epoch_seconds"))
+    size = record.get("model_size") if isinstance(record.get("model_size"), dict) else {}
     return RunSummary(
         path=folder, recipe={key: value for key, value in flags.items() if key not in IGNORED_FLAGS},
         seed=flags.get("seed"), status=status, status_detail=detail, rows=rows, planned_epochs=planned,
@@ -264,7 +285,8 @@ def summarize_run(folder: Path) -> RunSummary:
         best_test_acc=max(tests) if tests else None, final_test_acc=selected.get("test_acc"),
         selected_epoch=selected.get("epoch"), ema_test_acc=selected.get("ema_test_acc"),
         wall_seconds=sum(seconds) if seconds else None,
-        images_per_second=statistics.fmean(speeds) if speeds else None)
+        images_per_second=statistics.fmean(speeds) if speeds else None, model=record.get("model_name"),
+        params=size.get("params"), gflops=size.get("gflops"))
 
 
 # ----------------------------------------------------------------------------- groups
@@ -338,10 +360,13 @@ def selected_epochs(group: Group) -> str:
 
 
 def table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
-    """The header and rows of cells that the text and Markdown tables show."""
+    """The header and rows of cells that the text and Markdown tables show (with the models' size and the
+    paper's efficiency, accuracy per million parameters, where the runs record their size)."""
     with_val, with_ema = any(g.has_val for g in groups), any(g.has_ema for g in groups)
+    with_size = any(g.params_m is not None for g in groups)
     header = ["group", "runs", "best test acc", "final test acc", *(["selected epoch"] if with_val else []),
-              *(["EMA test acc"] if with_ema else []), "epochs", "wall time", "train img/s"]
+              *(["EMA test acc"] if with_ema else []), "epochs", "wall time", "train img/s",
+              *(["params (M)", "GFLOPs", "acc/params (%/M)"] if with_size else [])]
     rows = []
     for g in groups:
         unfinished = f" ({len(g.unfinished)} unfinished)" if g.unfinished else ""
@@ -350,16 +375,27 @@ def table(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
                      format_spread(g.final_test_acc), *([selected_epochs(g) if g.has_val else "last"] * with_val),
                      *([format_spread(g.ema_test_acc)] * with_ema), format_epochs(g),
                      "-" if g.wall_seconds.mean is None else format_seconds(g.wall_seconds.mean),
-                     "-" if g.images_per_second.mean is None else f"{g.images_per_second.mean:,.0f}"])
+                     "-" if g.images_per_second.mean is None else f"{g.images_per_second.mean:,.0f}",
+                     *(size_cells(g) if with_size else [])])
     return header, rows
+
+
+def size_cells(group: Group) -> list[str]:
+    gflops = group.runs[0].gflops
+    return ["-" if group.params_m is None else f"{group.params_m:.2f}", "-" if gflops is None else f"{gflops:.3f}",
+            "-" if group.acc_per_param is None else f"{group.acc_per_param:.2f}"]
 
 
 def summary_line(groups: Sequence[Group], differing: Sequence[str]) -> str:
     runs = sum(len(g.runs) for g in groups)
     if len(groups) == 1:
         return f"{runs} run{'s' * (runs != 1)} of one recipe (they differ only in seed)"
-    return (f"{runs} runs in {len(groups)} groups, which differ in: {', '.join(differing)} "
+    line = (f"{runs} runs in {len(groups)} groups, which differ in: {', '.join(differing)} "
             "(runs in a group differ only in seed)")
+    mixed = [flag for flag in differing if flag not in MODEL_FLAGS]
+    if "model" in differing and mixed:  # a comparison of models holds all else equal
+        line += f"; NOT a like-for-like comparison of models: they also differ in {', '.join(mixed)}"
+    return line
 
 
 def notes(groups: Sequence[Group]) -> list[str]:
@@ -412,7 +448,7 @@ def write_csv(path: Path, groups: Sequence[Group], differing: Sequence[str]) -> 
     spreads = ("best_test_acc", "final_test_acc", "ema_test_acc", "wall_seconds", "images_per_second")
     header = ["group", *differing, "runs", "unfinished", "has_val_split", *[f"{name}_{part}" for name in spreads
               for part in ("mean", "sd")], "selected_epochs", "epochs_completed_min", "epochs_completed_max",
-              "epochs_planned"]
+              "epochs_planned", "params", "gflops", "acc_per_mparam"]
     with atomic_write(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
@@ -423,7 +459,9 @@ def write_csv(path: Path, groups: Sequence[Group], differing: Sequence[str]) -> 
                              len(g.runs), len(g.unfinished), g.has_val,
                              *("" if value is None else round(value, 4) for value in values),
                              selected_epochs(g) if g.has_val else "", min(done), max(done),
-                             g.runs[0].planned_epochs or ""])
+                             g.runs[0].planned_epochs or "", *("" if value is None else value for value in (
+                                 g.runs[0].params, g.runs[0].gflops,
+                                 None if g.acc_per_param is None else round(g.acc_per_param, 4)))])
 
 
 def curve(runs: Sequence[RunSummary], key: str) -> tuple[list[int], list[float], list[float]]:
@@ -468,6 +506,44 @@ def plot(path: Path, groups: Sequence[Group]) -> None:
     save_figure(fig, path, dpi=100)
 
 
+def efficiency_plot(path: Path, groups: Sequence[Group]) -> None:
+    """The paper's Highlight figure from these runs: accuracy (mean, ± sd bars) against Acc/Params, marker area
+    by parameters, the UPANets models joined by a dashed line, every point labelled; then the same accuracy
+    against parameters and against GFLOPs (log scales)."""
+    sized = [g for g in groups if g.acc_per_param is not None and g.runs[0].gflops is not None]
+    if not sized:
+        raise UserError("--efficiency-plot: no run records its model's size (args.json's model_size); it needs "
+                        "runs of this version of main.py")
+    plt = pyplot()
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    panels = ((lambda g: g.acc_per_param, "accuracy per million parameters (%/M)", False),
+              (lambda g: g.params_m, "parameters (M)", True), (lambda g: g.runs[0].gflops, "GFLOPs per image", True))
+    upanets = sorted((g for g in sized if (g.runs[0].model or "").startswith("upanets")), key=lambda g: g.params_m)
+    for ax, (x_of, xlabel, log) in zip(axes, panels):
+        for g in sized:
+            ax.errorbar(x_of(g), g.final_test_acc.mean, yerr=g.final_test_acc.sd or 0, fmt="none", ecolor="gray",
+                        capsize=3)
+            ax.scatter(x_of(g), g.final_test_acc.mean, s=20 + 15 * g.params_m, alpha=0.6)
+            ax.annotate(g.label, (x_of(g), g.final_test_acc.mean), fontsize="small", xytext=(4, 4),
+                        textcoords="offset points")
+        if len(upanets) > 1:
+            ax.plot([x_of(g) for g in upanets], [g.final_test_acc.mean for g in upanets], "--", color="black",
+                    linewidth=1, label="UPANets")
+            ax.legend(fontsize="small")
+        if log:  # plain numbers at the ticks, not powers of ten
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("final test accuracy (%), mean ± sd over seeds")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("accuracy against efficiency (marker area: parameters)")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
 # ----------------------------------------------------------------------------- the script
 
 
@@ -486,6 +562,8 @@ def main(args: argparse.Namespace) -> list[Group]:
         write_markdown(args.markdown, groups, differing)
     if args.plot is not None:
         plot(args.plot, groups)
+    if args.efficiency_plot is not None:
+        efficiency_plot(args.efficiency_plot, groups)
     return groups
 
 

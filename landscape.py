@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from models.upanets import HEADS, config_repr
+from models.upanets import HEADS, UPANets, config_repr
 from upanets_lab import commandline
 from upanets_lab.checkpoints import CheckpointRecord, build_model, read_checkpoint
 from upanets_lab.data import sources
@@ -172,9 +172,11 @@ def landscape_model(record: CheckpointRecord, args: argparse.Namespace, bundle: 
     return model
 
 
-def label(record: CheckpointRecord, head: str) -> str:
-    """``run/file (head)`` for the legend, so two heads compare at a glance."""
-    return f"{record.run_name}/{record.path.name} ({head})" if record.run_name else f"{record.path} ({head})"
+def label(record: CheckpointRecord) -> str:
+    """``run/file (head)`` (a UPANets' head, else the model's name) for the legend, so two heads or models compare
+    at a glance."""
+    kind = record.model_config.get("head", "exc") if record.model.startswith("upanets") else record.model
+    return f"{record.run_name}/{record.path.name} ({kind})" if record.run_name else f"{record.path} ({kind})"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -271,8 +273,9 @@ def main(args: argparse.Namespace) -> list[Landscape]:
             centre = (args.points // 2,) * args.dims
             if not math.isfinite(loss[centre]):
                 raise UserError(f"{path}: the loss of the checkpoint itself is not finite; its weights are ruined")
-            landscapes.append(Landscape(path, label(record, model.head), loss, accuracy))
-            bar.write(f"{path}: {config_repr(model.config)}, loss {loss[centre]:.4f}, top-1 "
+            landscapes.append(Landscape(path, label(record), loss, accuracy))
+            described = config_repr(model.config) if isinstance(model, UPANets) else record.model
+            bar.write(f"{path}: {described}, loss {loss[centre]:.4f}, top-1 "
                       f"{accuracy[centre]:.2f}% on {len(sample)} training images", file=sys.stdout)
     write_outputs(args.out, landscapes, coords, args.dims, len(sample))
     return landscapes

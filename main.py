@@ -20,9 +20,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models import list_models, model_entry
+from models import create_model, list_models, model_entry
 from models.upanets import HEADS, check_config
-from upanets_lab import commandline
+from upanets_lab import commandline, utils
 from upanets_lab.checkpoints import CheckpointRecord, load_model_weights, read_checkpoint
 from upanets_lab.data import augment, augment_ops, catalog
 from upanets_lab.errors import UserError, one_line
@@ -60,11 +60,26 @@ def add_data_args(group: argparse._ActionsContainer) -> None:
                        "model; 0: select on the test set, as the paper does")
 
 
+def registered_model(name: str) -> str:
+    """``--model``: a registered name, or one line naming the nearest ones (for argparse)."""
+    try:
+        return model_entry(name).name
+    except (ValueError, ImportError) as e:  # an unknown name; a library's prefix whose library is missing
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_model_args(group: argparse._ActionsContainer) -> None:
     # --dataset, --img-size, --filters, --blocks and --head default to None: see trained.fill_settings.
-    group.add_argument("--model", default=None, choices=list_models(), metavar="NAME",
-                       help=f"the registered model to train: {', '.join(list_models())} (default: upanets, whose "
+    group.add_argument("--model", default=None, type=registered_model, metavar="NAME",
+                       help=f"the registered model to train: {', '.join(list_models())}; or any torchvision "
+                       "classifier as torchvision:NAME, any timm model as timm:NAME (default: upanets, whose "
                        "--filters 16 is the paper's UPANets16, or the evaluated checkpoint's)")
+    group.add_argument("--pretrained", action="store_true", default=None,
+                       help="start a torchvision:NAME or timm:NAME model from its pretrained weights, read from the "
+                       "local torch hub or Hugging Face cache (never downloaded here)")
+    group.add_argument("--list-models", nargs="?", const="*", default=None, metavar="PATTERN",
+                       help="print the registered models matching PATTERN (default: all) with their parameters and "
+                       "GFLOPs for --dataset's classes and image size, then exit")
     group.add_argument("--filters", default=None, type=int,
                        help="base filters: 16, 32, 64 for UPANets16/32/64 (default: 16, or the evaluated "
                        "checkpoint's)")
@@ -131,7 +146,9 @@ def add_augmentation_args(group: argparse._ActionsContainer) -> None:
 def add_evaluation_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--evaluate", action="store_true", help="only evaluate --weights on the test set")
     group.add_argument("--weights", default=None, type=Path,
-                       help="weights for --evaluate: this repo's checkpoints or the original code's ckpt.pth")
+                       help="a checkpoint (this repo's, the original code's or pytorch-cifar's ckpt.pth) to evaluate "
+                       "with --evaluate, or to start a training run from (its model, and its weights instead of a "
+                       "random initialisation)")
     commandline.add_weights_choice_arg(group)
     group.add_argument("--tta", default=None, choices=augment.TTA_MODES,
                        help="test-time augmentation of every evaluation: the mean logits over flipped (and 1-pixel "
@@ -201,8 +218,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(message) from None
     if args.evaluate and args.weights is None:
         raise UserError("--evaluate needs --weights PATH (a checkpoint to evaluate)")
-    if args.weights is not None and not args.evaluate:
-        raise UserError("--weights is for --evaluate; use --resume to continue training from a checkpoint")
     if args.resume is not None and args.evaluate:
         raise UserError("--resume and --evaluate do not go together; evaluate a checkpoint with --weights")
     check_recipe(args)
@@ -235,22 +250,45 @@ def check_recipe(args: argparse.Namespace) -> None:
 def evaluate_weights(args: argparse.Namespace, run: loop.Run, checkpoint: CheckpointRecord) -> None:
     """``--evaluate``: the test loss and accuracy of ``--weights`` (read as ``checkpoint``; its EMA weights
     where it holds them, unless --raw-weights)."""
-    use_ema = checkpoint.ema_weights is not None and not args.raw_weights
-    load_model_weights(run.model, checkpoint.ema_weights if use_ema else checkpoint.weights, args.weights)
+    weights, which = checkpoint.chosen_weights(args.raw_weights)
+    load_model_weights(run.model, weights, args.weights)
     context = run.runtime.context
-    if use_ema:
+    if which == "ema":
         context.print0(f"{args.weights}: evaluating its EMA weights (--raw-weights for the trained ones)")
     transform = run.test_transform
     normalization = checkpoint.normalization(args.dataset)
     if normalization is not None:  # as the weights were trained: the original code's CIFAR statistics, say
         if checkpoint.format == "original":
             context.print0("original code's checkpoint: normalising with its CIFAR mean/std")
+        elif checkpoint.format == "pytorch-cifar":
+            context.print0("pytorch-cifar's checkpoint: normalising with its CIFAR mean/std")
         transform = augment.DeviceTransform(*normalization, device=run.runtime.device)
     model = loop.compile_if_asked(run.model, args, run.runtime)
     stats = evaluate(model, run.criterion, run.test_loader, transform, run.runtime, tta=args.tta)
     context.print0(
         f"evaluate {args.weights}: test loss {stats['loss']:.4f} | top-1 {stats['acc1']:.2f}% | "
-        f"top-5 {stats['acc5']:.2f}% ({int(stats['images'])} images)")
+        f"top-5 {stats['acc5']:.2f}% ({int(stats['images'])} images)"
+        + (f"; the checkpoint recorded {recorded:.2f}%" if (recorded := recorded_accuracy(checkpoint)) is not None
+           else ""))
+
+
+def print_models(pattern: str, dataset: str, img_size: int | None) -> None:
+    """``--list-models``: name, parameters and GFLOPs per image of each registered model matching ``pattern``."""
+    names = list_models(pattern)
+    if not names:
+        raise UserError(f"no registered model matches {pattern!r}; the models are {', '.join(list_models())}")
+    num_classes, img = catalog.classes_and_size(dataset, img_size)
+    print(f"{'model':<20} {'params':>12} {'GFLOPs':>8}   ({dataset}: {num_classes} classes, {img}x{img})")
+    for name in names:
+        with torch.device("meta"):  # counted without memory or kernels
+            model = create_model(name, num_classes=num_classes, img=img)
+        print(f"{name:<20} {utils.count_parameters(model):>12,} {utils.forward_flops(model, img) / 1e9:>8.3f}")
+
+
+def recorded_accuracy(checkpoint: CheckpointRecord) -> float | None:
+    """The test accuracy a weights-only file of the original code or pytorch-cifar says it reached (``acc``)."""
+    acc = checkpoint.contents.get("acc") if checkpoint.format in ("original", "pytorch-cifar") else None
+    return float(acc) if isinstance(acc, (int, float)) else None
 
 
 # ----------------------------------------------------------------------------- main
@@ -259,7 +297,8 @@ def evaluate_weights(args: argparse.Namespace, run: loop.Run, checkpoint: Checkp
 def default_run_name(args: argparse.Namespace) -> str:
     """<dataset>-<model>, the model named by its filters for upanets, then the options other than the defaults."""
     options = model_entry(args.model).options
-    name = f"{args.dataset}-" + (f"upanets{args.filters}" if args.model == "upanets" else args.model)
+    name = f"{args.dataset}-" + (f"upanets{args.filters}" if args.model == "upanets" else
+                                 args.model.replace(":", "-"))  # torchvision:resnet50 -> torchvision-resnet50
     if "blocks" in options and args.blocks != 1:
         name += f"-blocks{args.blocks}"
     return name if "head" not in options or args.head == "exc" else f"{name}-{args.head}"
@@ -269,7 +308,8 @@ def check_model_flags(args: argparse.Namespace, given: set[str]) -> None:
     """Refuse --filters, --blocks or --head, when given, for a --model that has no such option."""
     options = model_entry(args.model).options
     for flag in sorted(given - set(options)):
-        taking = [name for name in list_models() if flag in model_entry(name).options]
+        taking = [name for name in list_models() if flag in model_entry(name).options] or [
+            "torchvision:NAME", "timm:NAME"]
         raise UserError(f"--{flag} is an option of --model {' or '.join(taking)}, not of {args.model}"
                         + (f" (whose options are --{', --'.join(options)})" if options else ""))
 
@@ -278,8 +318,12 @@ def resolve(args: argparse.Namespace) -> tuple[CheckpointRecord | None, dict[str
     """Fill in the flags left out (from the checkpoint to evaluate, then the defaults and --recipe) and check
     them all: (the checkpoint to evaluate, if any, the settings taken from it, those taken from --recipe)."""
     # The checkpoint to evaluate is read first: it says which model (and data set) the flags left out mean.
-    weights = read_checkpoint(args.weights) if args.evaluate and args.weights is not None else None
+    weights = read_checkpoint(args.weights) if args.weights is not None else None
     given = {flag for flag in loop.MODEL_FLAGS if getattr(args, flag) is not None}
+    if weights is not None and args.model is not None and (
+            model_entry(args.model).family != model_entry(weights.model).family):
+        raise UserError(f"{args.weights} holds {weights.model} weights, not {args.model}; pass --model "
+                        f"{weights.model}, or leave --model out")
     from_weights = trained.fill_settings(args, weights)
     check_model_flags(args, given)
     from_recipe = recipes.resolve_recipe(args)
@@ -294,10 +338,10 @@ def main(args: argparse.Namespace) -> nn.Module:
         args.device == "auto" and torch.cuda.is_available()) else "cpu", timeout=args.dist_timeout)
     stop = StopRequest()
     try:
+        if from_weights:
+            context.print0(f"from {args.weights}: " + " ".join(
+                f"--{key.replace('_', '-')} {value}" for key, value in from_weights.items()))
         if args.evaluate:
-            if from_weights:
-                context.print0(f"from {args.weights}: " + " ".join(
-                    f"--{key.replace('_', '-')} {value}" for key, value in from_weights.items()))
             run = loop.set_up(args, context, weights)
             evaluate_weights(args, run, weights)
             return run.model
@@ -312,7 +356,7 @@ def main(args: argparse.Namespace) -> nn.Module:
         if folders.resume is not None:
             checkpoint = read_checkpoint(folders.resume)
             require_training_state(checkpoint)
-        run = loop.set_up(args, context, checkpoint)
+        run = loop.set_up(args, context, checkpoint, start_from=weights if checkpoint is None else None)
         return loop.train(args, run, folders, stop, checkpoint)
     except Stopped:
         raise
@@ -335,7 +379,10 @@ def cli(argv: Iterable[str] | None = None) -> int:
 
     def run() -> None:
         commandline.parse_args(parser, argv, args, record_keys=logs.RECORD_KEYS)
-        main(args)
+        if args.list_models is not None:
+            print_models(args.list_models, args.dataset or "cifar10", args.img_size)
+        else:
+            main(args)
 
     try:
         return commandline.run_cli(run, memory_remedy=lambda: memory_remedy(args),

@@ -8,9 +8,18 @@ and can be copied alone into another project).
 import importlib
 import pkgutil
 
-from ._registry import ModelEntry, create_model, list_models, model_entry, register_model
+from ._registry import (
+    ModelEntry,
+    config_of,
+    create_model,
+    identify_state_dict,
+    list_models,
+    model_entry,
+    register_model,
+)
 
-__all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]
+__all__ = ["ModelEntry", "config_of", "create_model", "identify_state_dict", "list_models", "model_entry",
+           "register_model"]
 
 # Every architecture file of this package registers its models: importing them here is what makes a new file
 # enough to add an architecture.

@@ -67,7 +67,7 @@ def test_our_records_carry_the_run_and_build_the_ema_model_unless_raw(tmp_path):
     ({"acc": 71.25, "epoch": 3}, "is not a model checkpoint"),
     ({"net": "not a state dict", "acc": 1.0}, "is not a model checkpoint"),
     ({"model": {"x": 1}}, "is not a model checkpoint"),
-    ({"model": {"x.weight": torch.ones(2)}}, "does not hold UPANets weights"),
+    ({"model": {"x.weight": torch.ones(2)}}, "holds the weights of no registered model"),
     ([1, 2], "is not a checkpoint: expected a dict, got list"),
 ], ids=["metadata-only", "net-not-mapping", "model-non-tensor", "foreign-weights", "a-list"])
 def test_what_is_not_a_checkpoint_is_one_line(contents, message, tmp_path):

@@ -11,7 +11,10 @@ Formats read (``record.format``):
     original     the original UPANets code's ``{'net': DataParallel state dict, 'acc', 'epoch'}``: weights only;
                  the data set is implied by the class count and image size, and its CIFAR inputs were
                  normalised with that code's single CIFAR mean/std
-    state-dict   a bare state dict
+    pytorch-cifar  kuangliu/pytorch-cifar's files, the same layout holding one of its CIFAR networks (the model
+                 is the registered one whose state dict it matches): CIFAR-10 or -100 by its class count,
+                 32x32, the same mean/std
+    state-dict   a bare state dict (of UPANets, or of a registered model it matches)
 
 Every file is read with ``torch.load(weights_only=True)``, which refuses pickles that would run code; a bad file
 is one :class:`UserError` line.
@@ -30,13 +33,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models import create_model, list_models, model_entry
-from models.upanets import clean_state_dict, config_reprs, describe_state_dict
+from models import create_model, identify_state_dict, list_models, model_entry
+from models.upanets import clean_state_dict, config_repr, config_reprs, describe_state_dict
 from upanets_lab.data import catalog
 from upanets_lab.errors import UserError
 from upanets_lab.files import atomic_write
 
-FORMATS = ("upanets-lab", "original", "state-dict")
+FORMATS = ("upanets-lab", "original", "pytorch-cifar", "state-dict")
 # What the original code trained, by (classes, image size): its checkpoints hold nothing else to go by.
 _ORIGINAL_CODE_DATASETS = {(10, 32): "cifar10", (100, 32): "cifar100", (200, 64): "tiny-imagenet"}
 
@@ -60,6 +63,13 @@ class CheckpointRecord:
     run_name: str | None = None
     contents: dict[str, Any] = field(default_factory=dict, repr=False)  # the file as loaded: the training state
 
+    def chosen_weights(self, raw: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+        """(the weights a model takes from this file, "ema" or "raw"): its EMA weights where it holds them
+        (--model-ema), unless ``raw``, else the trained ones."""
+        if self.ema_weights is not None and not raw:
+            return self.ema_weights, "ema"
+        return self.weights, "raw"
+
     @property
     def resumable(self) -> bool:
         """Whether it holds the optimizer state that resuming needs (weights-only files do not)."""
@@ -71,7 +81,7 @@ class CheckpointRecord:
         is used with, when the file records none); else None."""
         if self.mean is not None and self.std is not None:
             return self.mean, self.std
-        if self.format == "original" and (dataset or self.dataset) in ("cifar10", "cifar100"):
+        if self.format in ("original", "pytorch-cifar") and (dataset or self.dataset) in ("cifar10", "cifar100"):
             return catalog.ORIGINAL_CIFAR_NORMALIZATION
         return None
 
@@ -94,24 +104,37 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointRecord:
     path = Path(path)
     contents = _load(path)
     weights = _state_dict(contents, path)
-    config = contents.get("model_config")
-    if not isinstance(config, dict):
-        try:
-            config = describe_state_dict(weights)
-        except ValueError:
-            raise UserError(f"{path} does not hold UPANets weights") from None
-    fmt = "upanets-lab" if "model" in contents else "original" if "net" in contents else "state-dict"
     data, args = _section(contents, "data"), _section(contents, "args")
+    name, config = contents.get("model_name") or args.get("model"), contents.get("model_config")
+    if not isinstance(config, dict):
+        name, config = _infer_model(weights, path)
+    fmt = "upanets-lab" if "model" in contents else "state-dict" if "net" not in contents else (
+        "original" if name == "upanets" else "pytorch-cifar")
     dataset = catalog.canonical_dataset(data.get("dataset") or args.get("dataset"))
+    if fmt == "pytorch-cifar":  # a CIFAR repo's: 32x32 images of CIFAR-10 or -100
+        config.setdefault("img", 32)
+        dataset = dataset or {10: "cifar10", 100: "cifar100"}.get(config["num_classes"])
     if dataset is None and fmt == "original":
         dataset = _ORIGINAL_CODE_DATASETS.get((config["num_classes"], config.get("img")))
     ema = contents.get("model_ema")
     mean, std = data.get("mean"), data.get("std")
     return CheckpointRecord(
-        path, fmt, contents.get("model_name") or args.get("model") or "upanets", dict(config), weights,
+        path, fmt, name or "upanets", dict(config), weights,
         clean_state_dict(ema) if isinstance(ema, dict) else None, dataset, data.get("dir") or args.get("data_dir"),
         data.get("classes"), None if mean is None else tuple(mean), None if std is None else tuple(std),
         args.get("seed", 0), args.get("run_name"), contents)
+
+
+def _infer_model(weights: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, Any]]:
+    """(registered name, model_config) of weights a file does not describe: UPANets' from its shapes (``img``
+    only where the ExC head fixes it), another model's by matching the registry's layouts."""
+    try:
+        return "upanets", describe_state_dict(weights)
+    except ValueError:
+        found = identify_state_dict(weights)
+    if found is None:
+        raise UserError(f"{path} holds the weights of no registered model (models.list_models())")
+    return found[0], {"num_classes": found[1]}
 
 
 def _section(contents: dict[str, Any], key: str) -> dict[str, Any]:
@@ -178,16 +201,19 @@ def save_checkpoint(state: dict[str, Any], *paths: str | os.PathLike) -> None:
 
 
 def load_model_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], source: Path) -> None:
-    """Load ``weights`` (read from ``source``) into ``model`` strictly, or say in one line why they do not fit."""
+    """Load ``weights`` (read from ``source``) into ``model`` strictly, or say in one line why they do not fit,
+    and which registered model they look like."""
     try:
         model.load_state_dict(weights)
     except RuntimeError:
-        expected = model.config
+        expected = getattr(model, "config", None)
         try:
             found = describe_state_dict(weights)
         except ValueError:
-            held, _ = config_reprs(expected, expected)
-            raise UserError(f"{source} does not hold UPANets weights (expected {held})") from None
+            found = None
+        if found is None or not isinstance(expected, dict):
+            raise UserError(f"{source} holds {_looks_like(weights)}, which do not fit this run's model "
+                            f"({type(model).__name__}); pass the --model they were trained as") from None
         remedies = []
         if any(expected[key] != value for key, value in found.items() if key != "head"):
             remedies.append("match --filters/--blocks/--dataset to the checkpoint")
@@ -196,6 +222,15 @@ def load_model_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], so
         held, built = config_reprs(found, expected)
         raise UserError(f"{source} holds {held} but this run builds {built}; "
                         f"{' and '.join(remedies) or 'the file is damaged'}") from None
+
+
+def _looks_like(weights: Mapping[str, torch.Tensor]) -> str:
+    """What weights look like, for a message: UPANets' configuration or a registered model's name."""
+    try:
+        return f"the weights of {config_repr(describe_state_dict(weights))}"
+    except ValueError:
+        found = identify_state_dict(dict(weights))
+    return "the weights of no registered model" if found is None else f"{found[0]} weights ({found[1]} classes)"
 
 
 def build_model(record: CheckpointRecord, *, img: int | None = None, raw_weights: bool = False,
@@ -217,9 +252,9 @@ def build_model(record: CheckpointRecord, *, img: int | None = None, raw_weights
         model = create_model(record.model, **_builder_arguments(record.model, config))
     except (TypeError, ValueError) as e:
         raise UserError(f"{record.path}: {e}") from None
-    use_ema = record.ema_weights is not None and not raw_weights
-    load_model_weights(model, record.ema_weights if use_ema else record.weights, record.path)
-    return model.eval(), "ema" if use_ema else "raw"
+    weights, which = record.chosen_weights(raw_weights)
+    load_model_weights(model, weights, record.path)
+    return model.eval(), which
 
 
 def _builder_arguments(name: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -76,6 +76,18 @@ def forward_flops(model: torch.nn.Module, image_size: int) -> int:
     return counter.get_total_flops()
 
 
+def peak_memory_mb() -> float:
+    """The most memory this process has held so far, in MiB: the GPU's allocator peak where CUDA is in use, else
+    the process's peak resident set (Linux and macOS report it in different units)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def provenance(device: torch.device) -> dict[str, Any]:
     """The code and machine behind a result: the git commit (and whether the tree had uncommitted changes;
     nothing outside a git checkout), the torch, CUDA and cuDNN versions and the device's name."""

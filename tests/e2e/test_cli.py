@@ -345,7 +345,7 @@ def _printed_eval(stdout: str, weights: Path) -> tuple[str, str, str, int]:
     """(loss, top-1, top-5) as printed (4 and 2 decimals) and the image count of the 'evaluate' line."""
     line = startup_line(stdout, "evaluate ")
     match = re.fullmatch(rf"evaluate {re.escape(str(weights))}: test loss ([0-9.]+) \| top-1 ([0-9.]+)% \| "
-                         r"top-5 ([0-9.]+)% \((\d+) images\)", line)
+                         r"top-5 ([0-9.]+)% \((\d+) images\)(; the checkpoint recorded [0-9.]+%)?", line)
     assert match, line
     return match.group(1), match.group(2), match.group(3), int(match.group(4))
 
@@ -363,6 +363,7 @@ def test_evaluate_original_checkpoint(tmp_path, run_cli):
     expected = recompute_test_metrics(ORIGINAL_CKPT, fake.test_images, fake.test_labels, original_mean, original_std,
                                       filters=8, classes=10, img=32)
     assert "original code's checkpoint: normalising with its CIFAR mean/std" in result.stdout
+    assert startup_line(result.stdout, "evaluate ").endswith("; the checkpoint recorded 71.25%")  # its 'acc'
     assert images == 30
     assert float(loss) == pytest.approx(expected["loss"], abs=6e-5)
     assert (top1, top5) == (f"{expected['acc1']:.2f}", f"{expected['acc5']:.2f}")

@@ -258,3 +258,55 @@ def test_a_run_before_its_first_epoch_is_counted_without_numbers(tmp_path, capsy
     assert (group.final_test_acc.mean, group.final_test_acc.n, group.wall_seconds.mean) == (70.0, 1, 33.0)
     out = capsys.readouterr().out
     assert "2 (1 unfinished)" in out and "0-3/3" in out and "started [all runs]: failed: no data; 0/3 epochs" in out
+
+
+# ------------------------------------------------------------------------------------ across models
+
+
+def model_runs(root: Path, epochs: int = 3) -> None:
+    """Three seeds each of upanets16, upanets32 and resnet18, recording their size as main.py does."""
+    sizes = {"upanets16": (1_512_431, 0.335), "upanets32": (6_018_239, 1.335), "resnet18": (11_173_962, 1.111)}
+    for m, (name, (params, gflops)) in enumerate(sizes.items()):
+        for seed in range(3):
+            record = flags(seed=seed, model=name, model_name=name, epochs=epochs,
+                           model_size={"params": params, "gflops": gflops})
+            write_run(root, f"{name}-s{seed}", record, rows([50.0, 60.0 + m, 80.0 + m + seed][:epochs]))
+
+
+def test_the_cross_model_table_has_size_and_the_papers_efficiency(tmp_path):
+    model_runs(tmp_path)
+    groups = run_compare(tmp_path, "--csv", tmp_path / "t.csv")
+    by_label = {g.label: g for g in groups}
+    assert list(by_label) == ["model=resnet18", "model=upanets16", "model=upanets32"]  # the folders' order
+    resnet = by_label["model=resnet18"]
+    assert resnet.final_test_acc.mean == pytest.approx(fmean([82.0, 83.0, 84.0]))
+    assert resnet.acc_per_param == pytest.approx(83.0 / 11.173962)
+    header, cells = compare.table(groups)
+    assert header[-3:] == ["params (M)", "GFLOPs", "acc/params (%/M)"]
+    assert cells[1][-3:] == ["1.51", "0.335", f"{81.0 / 1.512431:.2f}"]
+    table = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert [row["model"] for row in table] == ["resnet18", "upanets16", "upanets32"]
+    assert float(table[0]["acc_per_mparam"]) == pytest.approx(83.0 / 11.173962, abs=1e-4)
+    line = compare.summary_line(groups, ["model"])
+    assert "NOT a like-for-like" not in line
+
+
+def test_models_compared_under_different_recipes_are_flagged(tmp_path):
+    model_runs(tmp_path / "a")
+    write_run(tmp_path / "a", "resnet18-long", flags(model="resnet18", model_name="resnet18", epochs=4,
+              model_size={"params": 11_173_962, "gflops": 1.111}), rows([50.0, 60.0, 70.0, 90.0]))
+    groups, differing = compare.group_runs([compare.summarize_run(p) for p in sorted((tmp_path / "a").iterdir())])
+    assert set(differing) == {"epochs", "model"}
+    assert compare.summary_line(groups, differing).endswith(
+        "NOT a like-for-like comparison of models: they also differ in epochs")
+
+
+def test_the_efficiency_plot_is_drawn_from_the_runs(tmp_path):
+    model_runs(tmp_path / "runs")
+    out = tmp_path / "efficiency.png"
+    run_compare(tmp_path / "runs", "--efficiency-plot", out)
+    with Image.open(out) as image:
+        assert image.size[0] > 3 * image.size[1] / 2  # three panels side by side
+    write_run(tmp_path / "old", "run-s0", flags(), rows([50.0, 60.0, 70.0]))  # written before model_size existed
+    with pytest.raises(compare.UserError, match="--efficiency-plot: no run records its model's size"):
+        run_compare(tmp_path / "old", "--efficiency-plot", out)

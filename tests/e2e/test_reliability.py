@@ -478,6 +478,12 @@ def test_every_scripts_flag_errors_are_one_line(script, flags, tmp_path):
     assert result.stdout == "" and list(tmp_path.iterdir()) == []
 
 
+def test_an_unknown_model_names_the_nearest_ones(tmp_path):
+    result = run_script("main.py", ["--model", "resnet19"], cwd=tmp_path)
+    assert one_line_error(result) == ("error: argument --model: unknown model 'resnet19'; did you mean resnet18 or "
+                                      "resnet152 or resnet101? (see main.py --help)")
+
+
 def test_help_still_shows_the_usage(tmp_path):
     result = run_script("main.py", ["--help"], cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.startswith("usage: main.py")

@@ -84,8 +84,8 @@ def check_export(fmt: str, result: CliResult, weights: Path, tmp: Path) -> None:
     assert result.returncode == 0 and result.stderr == "", result
     line = result.stdout.strip()
     assert line.startswith(f"exported {weights} to {out} ({what}; input float32 (batch, 3, 16, 16), normalised; "
-                           f"output logits (batch, {len(CLASSES)})); max abs difference from the eager model on a "
-                           f"batch of 3 ({runner}): "), line
+                           f"output logits (batch, {len(CLASSES)})); max abs difference from the eager model, per "
+                           f"unit of its largest logit, on a batch of 3 ({runner}): "), line
     assert float(line.rpartition(": ")[2]) <= 1e-4
     assert sorted(p.name for p in weights.parent.iterdir()) == sorted([weights.name, out.name])
 

@@ -10,7 +10,7 @@ from models.upanets import UPANets
 
 
 def test_upanets_is_registered_by_its_sizes_and_with_its_options():
-    assert models.list_models() == ["upanets", "upanets16", "upanets32", "upanets64"]
+    assert models.list_models("upanets*") == ["upanets", "upanets16", "upanets32", "upanets64"]
     assert models.list_models("upanets?2") == ["upanets32"]
     assert models.model_entry("upanets").options == {"filters": 16, "blocks": 1, "head": "exc"}
     assert models.model_entry("upanets16").family == "upanets"
@@ -40,15 +40,25 @@ def test_a_builder_is_registered_once_and_must_take_classes_and_image_size():
         models.register_model(no_image_size)
 
 
-def test_the_readme_and_the_cli_name_every_registered_model():
-    """--model's choices and hubconf.py read the registry; the README names each model."""
+def test_the_cli_hub_and_the_docs_model_table_read_the_registry():
+    """--model's choices and hubconf.py read the registry; docs/models.md's table is its --list-models output."""
     import hubconf
+    from upanets_lab import utils
+
     import main
     from helpers import REPO_ROOT
 
-    readme = (REPO_ROOT / "README.md").read_text()
     model_flag = next(a for a in main.get_args_parser()._actions if "--model" in a.option_strings)
-    assert list(model_flag.choices) == models.list_models()
-    for name in models.list_models():
-        assert f"`{name}`" in readme or f"--model {name}" in readme, name
-        assert callable(getattr(hubconf, name))
+    assert all(name in model_flag.help for name in models.list_models())
+    assert [model_flag.type(name) for name in models.list_models()] == models.list_models()
+    assert all(callable(getattr(hubconf, name)) for name in models.list_models())
+    table = [line.split("|") for line in (REPO_ROOT / "docs" / "models.md").read_text().splitlines()
+             if line.startswith("| `")]
+    assert [row[1].strip().strip("`") for row in table] == models.list_models()
+    for row in table:
+        name = row[1].strip().strip("`")
+        with torch.device("meta"):
+            model, wide = (models.create_model(name, num_classes=n, img=32) for n in (10, 100))
+        assert row[2].strip() == f"`models/{models.model_entry(name).family}.py`"
+        assert [row[3].strip(), row[4].strip()] == [f"{utils.count_parameters(m):,}" for m in (model, wide)], name
+        assert row[5].strip() == f"{utils.forward_flops(model, 32) / 1e9:.3f}", name

@@ -35,7 +35,7 @@ def stub_timing(monkeypatch, rates: dict[str, float], first_step: float = 1.0) -
     returns the list of options timed in full, in order."""
     timed = []
 
-    def probe_step(model, amp, channels_last, device, batch_size, train):
+    def probe_step(model, amp, channels_last, device, batch_size, train, config=None):
         def step() -> None:
             pass
 

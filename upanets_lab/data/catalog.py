@@ -41,6 +41,16 @@ CIFAR100_CLASSES = (
 CIFAR_CLASSES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
 
 
+# Class counts and image sizes of the sets that fix them; folder and synthetic sets take --img-size (default 32).
+_CLASSES_AND_SIZE = {"cifar10": (10, 32), "cifar100": (100, 32), "tiny-imagenet": (200, 64), "synthetic": (10, 32)}
+
+
+def classes_and_size(dataset: str, img_size: int | None = None) -> tuple[int, int]:
+    """(classes, image size) a model for ``dataset`` is built with; a folder's classes are its own (10 here)."""
+    classes, size = _CLASSES_AND_SIZE.get(canonical_dataset(dataset), (10, 32))
+    return classes, img_size or size
+
+
 def canonical_dataset(name: str | None) -> str | None:
     """A data set name as one of DATASETS: the original code's names mapped to ours, others unchanged."""
     return ORIGINAL_DATASET_NAMES.get(name, name)

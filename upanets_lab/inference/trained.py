@@ -78,14 +78,11 @@ class InferenceSpec:
 
     source: Path
     model: nn.Module
+    img_size: int
     classes: list[str]
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def img_size(self) -> int:
-        return self.model.img
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std), or a UserError saying what to pass when the checkpoint does not say."""
@@ -116,7 +113,8 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
     record = read_checkpoint(path)
     path = record.path
     model, which = build_model(record, img=img_size, raw_weights=raw_weights)
-    num_classes, warnings = model.num_classes, []
+    img = img_size or record.model_config["img"]
+    num_classes, warnings = record.model_config["num_classes"], []
     if which == "ema":
         warnings.append(f"{path}: using its EMA weights (--raw-weights for the trained ones)")
     if classes is not None and len(classes) != num_classes:
@@ -127,12 +125,12 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
     if "dataset" in fill_settings(settings, record, {"dataset": None}) and record.format == "original":
         # The original code's files record no data set: the one their class count and image size imply.
         warnings.append(f"{path} is the original code's checkpoint of a {num_classes}-class model for "
-                        f"{model.img}x{model.img} images: taking it for {settings.dataset} (pass --dataset "
+                        f"{img}x{img} images: taking it for {settings.dataset} (pass --dataset "
                         "otherwise)")
     names = list(classes) if classes is not None else record.classes
     mean, std = record.normalization(settings.dataset) or (None, None)
     if settings.dataset is not None and (names is None or mean is None):
-        info = _dataset_info_or_warning(settings.dataset, data_dir, model.img, record, named, warnings)
+        info = _dataset_info_or_warning(settings.dataset, data_dir, img, record, named, warnings)
         if info is not None:
             names = names if names is not None else info.classes
             if mean is None:
@@ -143,7 +141,7 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
     if names is None:
         names = [str(i) for i in range(num_classes)]
         warnings.append(f"{path} names no classes: calling them 0..{num_classes - 1} (pass --classes or --dataset)")
-    return InferenceSpec(path, model, [str(name) for name in names], None if mean is None else tuple(mean),
+    return InferenceSpec(path, model, img, [str(name) for name in names], None if mean is None else tuple(mean),
                          None if std is None else tuple(std), warnings)
 
 

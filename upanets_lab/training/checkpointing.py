@@ -25,12 +25,13 @@ A checkpoint is a dict of tensors and plain Python values, so it loads with
                  "upanets"
     model_config the model's ``config``; for UPANets filters, num_classes, blocks, img, head
                  (``UPANets(**model_config)``; checkpoints written before heads existed lack head, which was "exc")
+    model_size   its parameters and GFLOPs per image (one eval-mode forward pass at the run's image size)
     data         the data set's name, where it was (``dir``), class names (index order), the normalisation mean
                  and std, and with --val-split the validation images' indices in the training set
     speed_choice the precision and memory layout it trained with, and how they were chosen (tuning.SpeedChoice)
     provenance   the git commit (and whether the tree had changes), torch, CUDA and cuDNN versions, the device
 
-The last five are also in the run's args.json; checkpoints written before they existed lack them.
+The last six are also in the run's args.json; checkpoints written before they existed lack them.
 """
 from __future__ import annotations
 

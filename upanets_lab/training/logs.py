@@ -17,7 +17,7 @@ from upanets_lab.files import atomic_write, jsonable
 # The fields of every metrics row, in file order; runs with a validation split or an EMA model add more.
 # The keys of a run's args.json beside its flags: the run's metadata (loop.run_metadata, which every checkpoint
 # repeats), and RunRecord's.
-METADATA_KEYS = ("model_name", "model_config", "data", "speed_choice", "job", "provenance")
+METADATA_KEYS = ("model_name", "model_config", "model_size", "data", "speed_choice", "job", "provenance")
 RECORD_KEYS = (*METADATA_KEYS, "command", "status")
 METRIC_FIELDS = (
     "epoch",

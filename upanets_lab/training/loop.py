@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models import create_model, model_entry
+from models import config_of, create_model, model_entry
 from models.upanets import UPANets
 from upanets_lab import utils
-from upanets_lab.checkpoints import CheckpointRecord, read_checkpoint
+from upanets_lab.checkpoints import CheckpointRecord, load_model_weights, read_checkpoint
 from upanets_lab.data import augment_ops, sources
 from upanets_lab.data.augment import DeviceTransform, Mixing
 from upanets_lab.data.loading import DeviceLoader
@@ -109,6 +109,8 @@ class Run:
     speed: tuning.SpeedChoice
     bundle: sources.DataBundle
     model: nn.Module  # on its device and in its memory format; never wrapped
+    model_config: dict[str, Any]  # what rebuilds it (models.config_of)
+    model_size: dict[str, float]  # params, and GFLOPs of one eval-mode forward pass on one image
     criterion: nn.Module  # the evaluation loss: plain cross entropy
     test_loader: DeviceLoader
     test_transform: DeviceTransform
@@ -116,11 +118,13 @@ class Run:
     val_split: sources.ValidationSplit | None = None
 
 
-def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: CheckpointRecord | None) -> Run:
+def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: CheckpointRecord | None,
+           start_from: CheckpointRecord | None = None) -> Run:
     """The device; the data (and its validation split); the model; its precision and memory layout; the
     evaluation loaders.
 
-    ``checkpoint`` is the one to resume or evaluate, whose precision and layout a run keeps when the flags allow.
+    ``checkpoint`` is the one to resume or evaluate, whose precision and layout a run keeps when the flags allow;
+    ``start_from`` (--weights of a new training run) gives the model its weights instead of a random start.
     """
     device = resolve_device(args.device, context)
     # An --amp or --eval-amp the device cannot run fails before the data loads.
@@ -135,14 +139,25 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: Ch
     # Seeded here, after the steps that run only sometimes (a first download, decoding into a cold cache): the
     # model's initial weights, and every draw after them, are then the same however the data was found.
     utils.seed_everything(args.seed)
-    model = create_model(args.model, num_classes=bundle.num_classes, img=bundle.img_size, **model_options(args))
-    if context.is_main:  # counting FLOPs runs a forward pass; the other ranks would print nothing anyway
-        print(f"model: {describe_model(args.model, model)}, {utils.count_parameters(model):,} parameters, "
-              f"{utils.forward_flops(model, bundle.img_size) / 1e9:.3f} GFLOPs per image")
+    options = model_options(args)
+    try:
+        model = create_model(args.model, num_classes=bundle.num_classes, img=bundle.img_size, **options)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # pretrained weights not in the cache, say
+        raise UserError(f"--model {args.model}: {e}") from None
+    config = config_of(model, bundle.num_classes, bundle.img_size, **options)
+    if start_from is not None:
+        weights, which = start_from.chosen_weights(args.raw_weights)
+        load_model_weights(model, weights, start_from.path)
+        context.print0(f"starting from the {'EMA ' if which == 'ema' else ''}weights of {start_from.path}")
+    # FLOPs are counted on a copy on the meta device: no memory, no kernels.
+    size = {"params": utils.count_parameters(model), "gflops": utils.forward_flops(model, bundle.img_size) / 1e9}
+    context.print0(f"model: {describe_model(args.model, model)}, {size['params']:,} parameters, "
+                   f"{size['gflops']:.3f} GFLOPs per image")
     train = not args.evaluate
     speed = tuning.choose(model, amp_flag=args.amp if train else eval_amp_flag(args), device=device,
                           channels_last_flag=args.channels_last, batch_size=args.batch_size, train=train,
-                          context=context, stored=None if checkpoint is None else checkpoint.contents.get("speed_choice"))
+                          context=context, stored=None if checkpoint is None else checkpoint.contents.get("speed_choice"),
+                          name=None if isinstance(model, UPANets) else args.model, config=config)
     context.print0(speed.describe())
     runtime = Runtime(device, amp_dtype=speed.amp_dtype if train else None, channels_last=speed.channels_last,
                       context=context, progress=context.is_main and not args.no_progress and sys.stderr.isatty(),
@@ -155,7 +170,7 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: Ch
         return DeviceLoader(split, args.batch_size, shuffle=False, device=device, rank=context.rank,
                             world_size=context.world_size, workers=args.workers)
 
-    return Run(runtime, speed, bundle, model, nn.CrossEntropyLoss(), loader(bundle.test),
+    return Run(runtime, speed, bundle, model, config, size, nn.CrossEntropyLoss(), loader(bundle.test),
                DeviceTransform(bundle.mean, bundle.std, device=device),
                None if val is None else loader(val.test), val_split)
 
@@ -165,8 +180,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, key) for key in MODEL_FLAGS if key in model_entry(args.model).options}
 
 
-# The flags that are options of some registered models (UPANets': filters, blocks, head).
-MODEL_FLAGS = ("filters", "blocks", "head")
+# The flags that are options of some models (UPANets': filters, blocks, head; torchvision's and timm's pretrained).
+MODEL_FLAGS = ("filters", "blocks", "head", "pretrained")
 
 
 def describe_model(name: str, model: nn.Module) -> str:
@@ -213,14 +228,15 @@ def compile_if_asked(model: nn.Module, args: argparse.Namespace, runtime: Runtim
 def run_metadata(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     """What using the model needs besides its weights, and how and where it was trained: in args.json and every
     checkpoint (logs.METADATA_KEYS; commandline.parse_args skips them when an args.json is a --config)."""
-    model, bundle = run.model, run.bundle
+    bundle = run.bundle
     data = {"dataset": bundle.name, "dir": str(Path(args.data_dir).expanduser().resolve()),
             "classes": list(bundle.classes), "mean": list(bundle.mean), "std": list(bundle.std)}
     if run.val_split is not None:
         data["val_split"] = run.val_split.record()
     return {
         "model_name": args.model,
-        "model_config": model.config,
+        "model_config": run.model_config,
+        "model_size": run.model_size,
         "data": data,
         "speed_choice": run.speed.to_dict(),
         "job": run.runtime.context.job,  # with --overwrite, a restarted torchrun job resumes only its own last.pth
@@ -494,6 +510,7 @@ class RunRecord:
 
     def write(self, state: str, message: str | None = None) -> None:
         status = {"state": state, "pid": os.getpid(), "host": socket.gethostname(),
+                  "peak_memory_mb": utils.peak_memory_mb(),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_json(self.path, {**self.record, "status": {**status, **({"message": message} if message else {})}})
 

@@ -18,7 +18,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from models.upanets import UPANets
 from upanets_lab.data.augment import DeviceTransform
 from upanets_lab.errors import UserError, one_line
 from upanets_lab.files import atomic_write
@@ -167,16 +166,17 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.device, batch_size: int,
-               train: bool, compile: bool = False) -> Callable[[], None]:
+def probe_step(model: nn.Module, amp: str, channels_last: bool, device: torch.device, batch_size: int,
+               train: bool, compile: bool = False, config: Mapping[str, Any] | None = None) -> Callable[[], None]:
     """The run's step (engine.train_step or engine.eval_step) on a copy of ``model`` and a random uint8 batch,
     through ``compile_model`` with ``compile``. The benchmark times its rows with it too.
 
     Nothing here draws from the global RNGs, so a run gives the same results whether it measured or not.
     """
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch_size, 3, model.img, model.img), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, model.num_classes, (batch_size,), generator=generator)
+    img, num_classes = _sizes(model, config)
+    images = torch.randint(0, 256, (batch_size, 3, img, img), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
     images, labels = images.to(device), labels.to(device)
     bare = copy.deepcopy(model).to(device)
     if channels_last:
@@ -199,20 +199,26 @@ def probe_step(model: UPANets, amp: str, channels_last: bool, device: torch.devi
         return step
     optimizer = torch.optim.SGD(bare.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    augment = DeviceTransform(**normalize, pad=model.img // 8, flip=True)
+    augment = DeviceTransform(**normalize, pad=img // 8, flip=True)
     trainer = engine.Trainer(net.train(), criterion, optimizer, scaler, augment)
     state = engine.EpochState.zeros(device)
     return lambda: engine.train_step(trainer, images, labels, state, runtime)
 
 
-def measure(model: UPANets, options: list[tuple[str, bool]], device: torch.device, batch_size: int,
-            train: bool) -> dict[str, float]:
+def _sizes(model: nn.Module, config: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(image size, classes) of a model: from ``config`` (a checkpoint's ``model_config``), else its own."""
+    config = config if config is not None else model.config
+    return config["img"], config["num_classes"]
+
+
+def measure(model: nn.Module, options: list[tuple[str, bool]], device: torch.device, batch_size: int,
+            train: bool, config: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Images/s of each (precision, channels_last) option, in the order given."""
     steps: dict[str, Callable[[], None]] = {}  # the options timed in full
     rates: dict[str, float] = {}
     for option in sorted(options, key=lambda o: (o[0] == "fp32", not o[1])):  # bf16, then channels_last, first
         name = label(*option)
-        step = probe_step(model, *option, device, batch_size, train)
+        step = probe_step(model, *option, device, batch_size, train, config=config)
         first_rate = time_steps(step, device, batch_size, max_steps=1)
         if device.type == "cpu" and rates and first_rate < FIRST_STEP_FRACTION * max(rates.values()):
             rates[name] = first_rate
@@ -238,9 +244,13 @@ def cache_path() -> Path:
     return Path(root) / "upanets" / "speed.json"
 
 
-def cache_key(model: UPANets, device: torch.device, batch_size: int, train: bool) -> str:
+def cache_key(config: Mapping[str, Any], device: torch.device, batch_size: int, train: bool,
+              name: str | None = None) -> str:
+    """The cache entry of a model on this machine, torch and thread count: UPANets by its ``config`` alone (as
+    before other models existed), another model by its registered ``name`` and builder arguments."""
+    model = dict(config) if name is None else {"name": name, **config}
     return json.dumps({"device": device_name(device), "torch": torch.__version__, "step": "train" if train else "eval",
-                       "model": model.config,
+                       "model": model,
                        "batch_size": batch_size, "threads": torch.get_num_threads()}, sort_keys=True)
 
 
@@ -268,9 +278,9 @@ def write_cache(entries: dict[str, dict[str, float]]) -> None:
 # ----------------------------------------------------------------------------- choosing
 
 
-def choose(model: UPANets, *, amp_flag: str, channels_last_flag: bool | None, device: torch.device,
-           batch_size: int, train: bool, context: DistributedContext,
-           stored: dict[str, Any] | None = None) -> SpeedChoice:
+def choose(model: nn.Module, *, amp_flag: str, channels_last_flag: bool | None, device: torch.device,
+           batch_size: int, train: bool, context: DistributedContext, stored: dict[str, Any] | None = None,
+           name: str | None = None, config: Mapping[str, Any] | None = None) -> SpeedChoice:
     """The fastest of the options the flags leave open, the same on every rank.
 
     Flags that fix both precision and layout are used as given. Otherwise ``stored`` (a checkpoint's
@@ -284,18 +294,18 @@ def choose(model: UPANets, *, amp_flag: str, channels_last_flag: bool | None, de
         return SpeedChoice(stored["amp"], stored["channels_last"], "checkpoint", stored.get("rates", {}))
     choice = None
     if context.is_main:
-        choice = _measure_or_recall(model, options, device, batch_size, train)
+        choice = _measure_or_recall(model, options, device, batch_size, train, name, config)
     return _broadcast(choice, options, context)
 
 
-def _measure_or_recall(model: UPANets, options: list[tuple[str, bool]], device: torch.device, batch_size: int,
-                       train: bool) -> SpeedChoice:
+def _measure_or_recall(model: nn.Module, options: list[tuple[str, bool]], device: torch.device, batch_size: int,
+                       train: bool, name: str | None, config: Mapping[str, Any] | None) -> SpeedChoice:
     entries = read_cache()
-    key = cache_key(model, device, batch_size, train)
+    key = cache_key(config if config is not None else model.config, device, batch_size, train, name)
     rates = entries.get(key, {})
     missing = [option for option in options if label(*option) not in rates]
     if missing:
-        rates = {**rates, **measure(model, missing, device, batch_size, train)}
+        rates = {**rates, **measure(model, missing, device, batch_size, train, config)}
         write_cache({**read_cache(), key: rates})
     allowed = {label(*option): option for option in options}
     shown = {name: rate for name, rate in rates.items() if name in allowed}
