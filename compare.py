@@ -37,8 +37,7 @@ from upanets_lab.training.logs import RECORD_KEYS, pyplot, save_figure
 # the seed, these are per-run bookkeeping: names and folders, resumption, logging, and where and with how many
 # decoding processes it ran (they change the speed columns, not the recipe).
 IGNORED_FLAGS = frozenset({"seed", "run_name", "resume", "overwrite", "checkpoint_dir", "save_path", "no_progress",
-                           "tensorboard", "workers", "device", "config", "evaluate", "weights", "raw_weights",
-                           "dist_timeout"})
+                           "tensorboard", "workers", "device", "config", "evaluate", "dist_timeout"})
 
 # The flags that choose the model: a comparison of models may differ in these alone.
 MODEL_FLAGS = frozenset({"model", "filters", "blocks", "head"})

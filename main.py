@@ -162,10 +162,11 @@ def add_speed_args(group: argparse._ActionsContainer) -> None:
     commandline.add_device_args(group)
     group.add_argument("--amp", default="auto", choices=tuning.AMP_FLAGS,
                        help="mixed precision of training: auto = whichever of fp32 and bf16 (fp16 with grad scaling "
-                       "on GPUs without bf16) trains fastest here, measured once and cached (tuning.py)")
+                       "on GPUs without bf16) trains fastest here, measured once and cached; options within 10%% of "
+                       "the fastest are a tie, which fp32 wins (upanets_lab/training/tuning.py)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels_last memory format (default: whichever layout trains fastest here, measured "
-                       "with --amp)")
+                       "with --amp; NCHW when within 10%%)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model (with CUDA graphs on one GPU)")
 
 
@@ -179,7 +180,8 @@ def add_output_args(group: argparse._ActionsContainer) -> None:
                        help="metrics, curves and args.json (the resolved flags, every start's command line, the "
                        "run's status) go in <save-path>/<run-name>/")
     group.add_argument("--run-name", default=None,
-                       help="default: <dataset>-upanets<filters>[-blocks<blocks>][-<head> unless exc]")
+                       help="default: <dataset>-<model>[-blocks<blocks>][-<head> unless exc], the model named "
+                       "upanets<filters> for --model upanets")
     group.add_argument("--resume", "-r", default=None, metavar="PATH",
                        help="checkpoint to continue from, or 'auto' for this run's last.pth")
     group.add_argument("--overwrite", action="store_true", help="start this run over, replacing its checkpoints")
@@ -211,8 +213,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 2 and not args.evaluate:
         raise UserError("--batch-size must be at least 2 for training (BatchNorm needs two samples a batch)")
     try:
-        # Classes and (for most sets) image size come with the data; check what the flags fix now.
-        check_config(args.filters, 1, args.blocks, 32 if args.img_size is None else args.img_size)
+        # Classes and (for most sets) image size come with the data; check what the flags fix now (UPANets').
+        if args.filters is not None or args.blocks is not None:
+            check_config(args.filters or 16, 1, args.blocks or 1, 32 if args.img_size is None else args.img_size)
     except ValueError as e:
         message = str(e).replace("UPANets filters", "--filters").replace("UPANets blocks", "--blocks")
         raise UserError(message) from None
@@ -282,7 +285,11 @@ def print_models(pattern: str, dataset: str, img_size: int | None) -> None:
     for name in names:
         with torch.device("meta"):  # counted without memory or kernels
             model = create_model(name, num_classes=num_classes, img=img)
-        print(f"{name:<20} {utils.count_parameters(model):>12,} {utils.forward_flops(model, img) / 1e9:>8.3f}")
+        try:
+            gflops = f"{utils.forward_flops(model, img) / 1e9:>8.3f}"
+        except Exception as e:  # a library's model with a fixed input size
+            gflops = f"{'-':>8}   (does not run on {img}x{img}: {type(e).__name__})"
+        print(f"{name:<20} {utils.count_parameters(model):>12,} {gflops}")
 
 
 def recorded_accuracy(checkpoint: CheckpointRecord) -> float | None:
@@ -320,8 +327,8 @@ def resolve(args: argparse.Namespace) -> tuple[CheckpointRecord | None, dict[str
     # The checkpoint to evaluate is read first: it says which model (and data set) the flags left out mean.
     weights = read_checkpoint(args.weights) if args.weights is not None else None
     given = {flag for flag in loop.MODEL_FLAGS if getattr(args, flag) is not None}
-    if weights is not None and args.model is not None and (
-            model_entry(args.model).family != model_entry(weights.model).family):
+    if weights is not None and args.model is not None and args.model != weights.model and (
+            model_entry(args.model).family != "upanets" or model_entry(weights.model).family != "upanets"):
         raise UserError(f"{args.weights} holds {weights.model} weights, not {args.model}; pass --model "
                         f"{weights.model}, or leave --model out")
     from_weights = trained.fill_settings(args, weights)
@@ -398,7 +405,8 @@ def memory_remedy(args: argparse.Namespace) -> str:
     if not args.evaluate:  # the weights evaluated fix the model and its image size
         if args.dataset in catalog.FREE_SIZE_DATASETS:
             flags.append("--img-size")
-        flags.append(f"--filters (now {args.filters})")
+        if args.filters is not None:  # a UPANets' width
+            flags.append(f"--filters (now {args.filters})")
     listed = flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"
     remedy = f"use a smaller {listed}"
     if args.dataset in ("folder", "tiny-imagenet") and not args.stream:

@@ -24,7 +24,10 @@ def torchvision_names() -> list[str]:
 def build_torchvision(name: str, num_classes: int, img: int, pretrained: bool = False) -> nn.Module:
     import torchvision
 
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    # GoogLeNet and Inception v3 return auxiliary logits in train mode unless told not to: a classifier's step
+    # takes one tensor of logits.
+    auxiliary = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **auxiliary)
     if not pretrained:
         return model
     weights = torchvision.models.get_model_weights(name).DEFAULT

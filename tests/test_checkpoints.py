@@ -81,3 +81,23 @@ def test_a_folder_and_a_missing_file_say_so(tmp_path):
         read_checkpoint(tmp_path)
     with pytest.raises(UserError, match="checkpoint not found"):
         read_checkpoint(tmp_path / "nothing.pth")
+
+
+def test_a_checkpoint_naming_an_unbuildable_model_is_one_line(tmp_path):
+    save_checkpoint({"model": UPANets(4, 10, 1, 16).state_dict(), "model_name": "resnet_18",
+                     "model_config": {"num_classes": 10, "img": 16}}, tmp_path / "renamed.pth")
+    with pytest.raises(UserError, match=r"renamed.pth holds a model this repo cannot build: unknown model "
+                                        r"'resnet_18'; did you mean resnet18"):
+        read_checkpoint(tmp_path / "renamed.pth")
+
+
+def test_an_option_the_model_does_not_take_is_refused_not_dropped(tmp_path):
+    import models
+
+    model = models.create_model("resnet18", num_classes=10, img=32)
+    save_checkpoint({"model": model.state_dict(), "model_name": "resnet18",
+                     "model_config": {"num_classes": 10, "img": 32}}, tmp_path / "r18.pth")
+    record = read_checkpoint(tmp_path / "r18.pth")
+    with pytest.raises(UserError, match="model resnet18 has no option filters"):
+        build_model(record, filters=64)
+    assert build_model(record, num_classes=10)[0].linear.out_features == 10

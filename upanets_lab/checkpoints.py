@@ -116,6 +116,10 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointRecord:
         dataset = dataset or {10: "cifar10", 100: "cifar100"}.get(config["num_classes"])
     if dataset is None and fmt == "original":
         dataset = _ORIGINAL_CODE_DATASETS.get((config["num_classes"], config.get("img")))
+    try:
+        model_entry(name or "upanets")
+    except (ValueError, ImportError) as e:  # a name no longer registered; timm:NAME without timm
+        raise UserError(f"{path} holds a model this repo cannot build: {e}") from None
     ema = contents.get("model_ema")
     mean, std = data.get("mean"), data.get("std")
     return CheckpointRecord(
@@ -241,7 +245,7 @@ def build_model(record: CheckpointRecord, *, img: int | None = None, raw_weights
     ``img`` is needed where the weights do not fix the image size, and must agree where they do; ``config``
     (num_classes, filters, head, ...) overrides what the record says, and must fit its weights.
     """
-    config = {**record.model_config, **config}
+    given, config = list(config), {**record.model_config, **config}
     if img is not None and "img" in record.model_config and img != config["img"]:
         raise UserError(f"{record.path} holds a model for {config['img']}x{config['img']} images, "
                         f"not --img-size {img}")
@@ -249,7 +253,7 @@ def build_model(record: CheckpointRecord, *, img: int | None = None, raw_weights
     if config["img"] is None:  # only the ExC head's weights are sized by the image
         raise UserError(f"{record.path} does not say which image size its model takes; pass --img-size")
     try:
-        model = create_model(record.model, **_builder_arguments(record.model, config))
+        model = create_model(record.model, **_builder_arguments(record.model, config, given))
     except (TypeError, ValueError) as e:
         raise UserError(f"{record.path}: {e}") from None
     weights, which = record.chosen_weights(raw_weights)
@@ -257,8 +261,13 @@ def build_model(record: CheckpointRecord, *, img: int | None = None, raw_weights
     return model.eval(), which
 
 
-def _builder_arguments(name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a model's ``config``) as the arguments of the registered builder ``name``."""
+def _builder_arguments(name: str, config: dict[str, Any], given: Sequence[str]) -> dict[str, Any]:
+    """``config`` (a model's ``config``) as the arguments of the registered builder ``name``; an option ``given``
+    by the caller that the model does not take is an error (UPANets' config holds its filters, which the
+    fixed-size builders take from their name)."""
     options = model_entry(name).options
+    unknown = sorted(key for key in given if key not in (*options, "num_classes", "img"))
+    if unknown:
+        raise ValueError(f"model {name} has no option {', '.join(unknown)}")
     return {"num_classes": config["num_classes"], "img": config["img"],
             **{key: value for key, value in config.items() if key in options}}

@@ -3,6 +3,7 @@
 checkpoint files evaluated, and one of another architecture named in one line."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -139,3 +140,22 @@ def test_a_torchvision_model_trains_evaluates_and_refuses_missing_pretrained_wei
     refused = run_main([*flags(data, tmp_path, "upanets16"), "--pretrained"], cwd=tmp_path)
     assert one_line_error(refused) == ("error: --pretrained is an option of --model torchvision:NAME or timm:NAME, "
                                        "not of upanets16 (whose options are --blocks, --head)")
+
+
+def test_a_baseline_run_records_no_upanets_options_and_its_args_json_repeats_it(mobilenet_run, tmp_path):
+    """--filters, --blocks and --head mean nothing to mobilenetv2: left unset, so --config of its args.json works."""
+    root, _ = mobilenet_run
+    record = root / "results" / "cifar10-mobilenetv2" / "args.json"
+    args = json.loads(record.read_text())
+    assert (args["filters"], args["blocks"], args["head"]) == (None, None, None)
+    again = run_main(["--config", record, "--run-name", "again", "--epochs", "1", "--checkpoint-dir",
+                      tmp_path / "checkpoint", "--save-path", tmp_path / "results"], cwd=tmp_path)
+    assert again.returncode == 0, again
+    assert json.loads((tmp_path / "results" / "again" / "args.json").read_text())["model"] == "mobilenetv2"
+
+
+def test_a_model_that_cannot_take_the_image_size_is_one_line(tmp_path):
+    result = run_main(["--model", "torchvision:vit_b_16", "--dataset", "synthetic", "--img-size", "32",
+                       *tiny_flags(tmp_path, filters=None)], cwd=tmp_path)
+    assert one_line_error(result).startswith("error: --model torchvision:vit_b_16 does not run on 32x32 images (")
+    assert not (tmp_path / "checkpoint" / "synthetic-torchvision-vit_b_16" / "last.pth").exists()

@@ -20,11 +20,13 @@ def test_both_libraries_are_listed_by_their_prefix_and_kept_out_of_the_plain_lis
     assert not any(":" in name for name in models.list_models())
 
 
-@pytest.mark.parametrize("name", ["torchvision:resnet18", "torchvision:mobilenet_v3_small", "timm:resnet18",
-                                  "timm:convnext_atto"])
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "torchvision:mobilenet_v3_small", "torchvision:googlenet",
+                                  "timm:resnet18", "timm:convnext_atto"])
 def test_a_library_model_is_built_with_our_classes(name):
-    model = models.create_model(name, num_classes=7, img=32)
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    """In train mode too, the logits alone (GoogLeNet's auxiliary heads are left out), as a train step takes."""
+    model = models.create_model(name, num_classes=7, img=32).train()
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 7)
     assert models.model_entry(name).options == {"pretrained": False}
     assert models.config_of(model, 7, 32, pretrained=True) == {"num_classes": 7, "img": 32}
 

@@ -137,7 +137,7 @@ def test_ema_copies_the_weights_during_the_warmup_and_averages_after():
             model.weight.fill_(shift)
         trainer.update_ema(step)
     assert int(ema.n_averaged) == 0 and torch.all(ema.module.weight == 4.0)  # steps 0 and 2 copied
-    trainer.ema_copies = False
+    trainer.set_warmup(False)
     for step, shift in enumerate((8.0, 16.0)):
         with torch.no_grad():
             model.weight.fill_(shift)

@@ -15,12 +15,15 @@ from typing import Any
 
 import torch.nn as nn
 
+from models import model_entry
 from models.upanets import check_config
 from upanets_lab.checkpoints import CheckpointRecord, build_model, read_checkpoint
 from upanets_lab.commandline import DEFAULT_DATA_DIR
 from upanets_lab.data import catalog, sources
 from upanets_lab.errors import DataError, UserError, one_line
 
+# The settings that are options of some models only (UPANets'): filled in for the models that take them.
+MODEL_OPTIONS = ("filters", "blocks", "head")
 # What --model, --dataset, --filters, --blocks and --head mean when they are left out and no checkpoint says.
 DEFAULT_SETTINGS = {"model": "upanets", "dataset": "cifar10", "filters": 16, "blocks": 1, "head": "exc"}
 
@@ -37,6 +40,8 @@ def fill_settings(args: argparse.Namespace, record: CheckpointRecord | None,
     saved = {} if record is None else record.settings()
     taken = {}
     for key, default in defaults.items():
+        if key in MODEL_OPTIONS and key not in model_entry(args.model).options:
+            continue  # --filters, --blocks, --head mean nothing to a model without them: left out, left None
         if getattr(args, key) is None:
             if key in saved:
                 taken[key] = saved[key]
@@ -44,8 +49,9 @@ def fill_settings(args: argparse.Namespace, record: CheckpointRecord | None,
     same_data = record is not None and args.dataset == record.dataset
     if args.img_size is None and "img_size" in saved and same_data:
         args.img_size = taken["img_size"] = saved["img_size"]
-    if getattr(args, "data_dir", DEFAULT_DATA_DIR) is None:  # where the checkpoint's data set was, if it says
-        args.data_dir = Path(record.data_dir) if same_data and record.data_dir else DEFAULT_DATA_DIR
+    if getattr(args, "data_dir", DEFAULT_DATA_DIR) is None:  # where the checkpoint's data set was, if still there
+        recorded = Path(record.data_dir) if same_data and record.data_dir else None
+        args.data_dir = recorded if recorded is not None and recorded.is_dir() else DEFAULT_DATA_DIR
         if args.data_dir != DEFAULT_DATA_DIR:
             taken["data_dir"] = args.data_dir
     note = f" (which {record.path} was trained on)" if "dataset" in taken else ""
@@ -122,9 +128,11 @@ def inference_spec(path: str | os.PathLike, *, classes: Sequence[str] | None = N
                         "outputs")
     named = dataset is not None
     settings = argparse.Namespace(dataset=catalog.canonical_dataset(dataset), img_size=None)
-    if "dataset" in fill_settings(settings, record, {"dataset": None}) and record.format == "original":
-        # The original code's files record no data set: the one their class count and image size imply.
-        warnings.append(f"{path} is the original code's checkpoint of a {num_classes}-class model for "
+    if "dataset" in fill_settings(settings, record, {"dataset": None}) and record.format in (
+            "original", "pytorch-cifar"):
+        # These files record no data set: the one their class count and image size imply.
+        whose = "the original code's" if record.format == "original" else "pytorch-cifar's"
+        warnings.append(f"{path} is {whose} checkpoint of a {num_classes}-class model for "
                         f"{img}x{img} images: taking it for {settings.dataset} (pass --dataset "
                         "otherwise)")
     names = list(classes) if classes is not None else record.classes

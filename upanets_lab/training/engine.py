@@ -74,6 +74,14 @@ class Trainer:
     bare: nn.Module | None = None  # the model without DDP or compile wrappers, which the EMA averages
     ema_copies: bool = False  # during the learning-rate warmup the EMA copies the weights instead of averaging
 
+    def train_through(self, model: nn.Module) -> None:
+        """Call ``model`` in the steps from now on: the bare model wrapped by DDP or torch.compile."""
+        self.model = model
+
+    def set_warmup(self, warmup: bool) -> None:
+        """Whether the epoch about to start is one of the learning-rate warmup's, whose EMA updates copy."""
+        self.ema_copies = warmup
+
     def update_ema(self, step: int) -> None:
         """Average the weights into the EMA model after the optimizer step of ``step`` (0-based in its epoch), on
         every ema_steps-th step, as torchvision's reference does (which restarts the average after each update

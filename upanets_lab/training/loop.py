@@ -149,8 +149,7 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: Ch
         weights, which = start_from.chosen_weights(args.raw_weights)
         load_model_weights(model, weights, start_from.path)
         context.print0(f"starting from the {'EMA ' if which == 'ema' else ''}weights of {start_from.path}")
-    # FLOPs are counted on a copy on the meta device: no memory, no kernels.
-    size = {"params": utils.count_parameters(model), "gflops": utils.forward_flops(model, bundle.img_size) / 1e9}
+    size = model_size(args.model, model, bundle.img_size)
     context.print0(f"model: {describe_model(args.model, model)}, {size['params']:,} parameters, "
                    f"{size['gflops']:.3f} GFLOPs per image")
     train = not args.evaluate
@@ -173,6 +172,17 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: Ch
     return Run(runtime, speed, bundle, model, config, size, nn.CrossEntropyLoss(), loader(bundle.test),
                DeviceTransform(bundle.mean, bundle.std, device=device),
                None if val is None else loader(val.test), val_split)
+
+
+def model_size(name: str, model: nn.Module, img: int) -> dict[str, float]:
+    """Parameters and GFLOPs per image; counting runs a forward pass (on a copy on the meta device: no memory,
+    no kernels), so a model that cannot take ``img`` x ``img`` images fails here, in one line."""
+    try:
+        gflops = utils.forward_flops(model, img) / 1e9
+    except Exception as e:  # a library's model with a fixed input size (a ViT at 224), say
+        raise UserError(f"--model {name} does not run on {img}x{img} images ({one_line(e)}); choose another model "
+                        "or --img-size where the data set takes one") from None
+    return {"params": utils.count_parameters(model), "gflops": gflops}
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -417,7 +427,8 @@ def prepare(args: argparse.Namespace, run: Run, folders: RunFolders,
     metadata = run_metadata(args, run)
     checkpointer = Checkpointer(folders.checkpoints, run.model, trainer, args, runtime, metadata)
     start = resume(checkpointer, checkpoint, context, metadata)
-    trainer.model, eval_model = wrap_for_training(run.model, args, runtime)
+    train_model, eval_model = wrap_for_training(run.model, args, runtime)
+    trainer.train_through(train_model)
     loader = DeviceLoader(run.bundle.train, args.batch_size, shuffle=True, device=runtime.device, seed=args.seed,
                           rank=context.rank, world_size=context.world_size, workers=args.workers)
     models = {"": eval_model, **({} if trainer.ema is None else {"ema_": trainer.ema.module})}
@@ -434,7 +445,7 @@ def begin_epoch(args: argparse.Namespace, setup: TrainingSetup, epoch: int, stat
     trainer = setup.trainer
     setup.loader.set_epoch(epoch)
     trainer.augment.set_epoch(epoch, augment_state)
-    trainer.ema_copies = epoch < args.lr_warmup_epochs
+    trainer.set_warmup(epoch < args.lr_warmup_epochs)
     lr = set_lr(trainer.optimizer, setup.schedule, epoch)
     return (EpochState.zeros(trainer.augment.device) if state is None else state), lr
 
