@@ -13,7 +13,7 @@ from PIL import Image
 import models
 from upanets_lab.data.samples import make_cifar10
 
-from helpers import one_line_error, read_metrics, run_main, run_script, tiny_flags
+from helpers import REPO_ROOT, one_line_error, read_metrics, run_main, run_script, tiny_flags
 from stopping import run_until
 
 TIMING_FIELDS = ("epoch_seconds", "train_images_per_second")
@@ -159,3 +159,24 @@ def test_a_model_that_cannot_take_the_image_size_is_one_line(tmp_path):
                        *tiny_flags(tmp_path, filters=None)], cwd=tmp_path)
     assert one_line_error(result).startswith("error: --model torchvision:vit_b_16 does not run on 32x32 images (")
     assert not (tmp_path / "checkpoint" / "synthetic-torchvision-vit_b_16" / "last.pth").exists()
+
+
+def test_landscape_of_a_baseline(mobilenet_run, tmp_path):
+    root, _ = mobilenet_run
+    weights = root / "checkpoint" / "cifar10-mobilenetv2" / "last.pth"
+    result = run_script("landscape.py", ["--weights", weights, "--points", "3", "--images", "8", "--batch-size", "8",
+                                         "--workers", "0", "--out", tmp_path / "out", "--no-progress"], cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert f"{weights}: mobilenetv2, loss " in result.stdout
+    rows = (tmp_path / "out" / "landscape.csv").read_text().splitlines()
+    assert rows[0] == "checkpoint,alpha,loss,accuracy" and len(rows) == 4
+
+
+def test_a_baseline_trains_under_torchrun(data, tmp_path):
+    from test_resume_exact import torchrun
+
+    result = torchrun([REPO_ROOT / "main.py", *flags(data, tmp_path, "shufflenetv2", epochs=1), "--device", "cpu"],
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checkpoint = torch.load(tmp_path / "checkpoint" / "cifar10-shufflenetv2" / "last.pth", weights_only=True)
+    assert checkpoint["world_size"] == 2 and checkpoint["model_name"] == "shufflenetv2"
