@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._layers import SqueezeExcite
 from ._registry import register_model
 
 __all__ = ["EfficientNet", "MBConv", "SqueezeExcite", "efficientnetb0"]
@@ -40,19 +41,6 @@ _STEM_CHANNELS = 32
 _SE_RATIO = 0.25
 
 
-class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation: scale each channel by a gate computed from the globally pooled map."""
-
-    def __init__(self, channels: int, squeezed: int) -> None:
-        super().__init__()
-        self.se1 = nn.Conv2d(channels, squeezed, kernel_size=1)
-        self.se2 = nn.Conv2d(squeezed, channels, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = F.silu(self.se1(F.adaptive_avg_pool2d(x, 1)))
-        return x * torch.sigmoid(self.se2(gate))
-
-
 class MBConv(nn.Module):
     """Mobile inverted bottleneck with squeeze-and-excitation; swish (SiLU) after the expansion and depthwise
     convolutions, none after the projection."""
@@ -67,7 +55,7 @@ class MBConv(nn.Module):
         self.conv2 = nn.Conv2d(hidden, hidden, kernel_size, stride=stride, padding=kernel_size // 2, groups=hidden,
                                bias=False)
         self.bn2 = nn.BatchNorm2d(hidden)
-        self.se = SqueezeExcite(hidden, int(in_channels * _SE_RATIO))
+        self.se = SqueezeExcite(hidden, int(in_channels * _SE_RATIO), activation=F.silu)
         self.conv3 = nn.Conv2d(hidden, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.residual = stride == 1 and in_channels == out_channels

@@ -14,10 +14,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ._layers import SqueezeExcite
 from ._registry import register_model
 from .resnext import ResNeXt, ResNeXtBlock
 
@@ -52,19 +51,6 @@ class RegNetConfig:
 REGNETX_200MF = RegNetConfig(depths=(1, 1, 4, 7), widths=(24, 56, 152, 368), group_width=8)
 REGNETX_400MF = RegNetConfig(depths=(1, 2, 7, 12), widths=(32, 64, 160, 384), group_width=16)
 REGNETY_400MF = dataclasses.replace(REGNETX_400MF, se_ratio=0.25)
-
-
-class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation (Hu et al. 2018): scale each channel by a sigmoid gate of the pooled map."""
-
-    def __init__(self, channels: int, hidden: int) -> None:
-        super().__init__()
-        self.se1 = nn.Conv2d(channels, hidden, kernel_size=1)
-        self.se2 = nn.Conv2d(hidden, channels, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(x, 1))))
-        return x * gate.sigmoid()
 
 
 def regnet(config: RegNetConfig, num_classes: int = 10) -> ResNeXt:

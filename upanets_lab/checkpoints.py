@@ -107,7 +107,10 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointRecord:
     data, args = _section(contents, "data"), _section(contents, "args")
     name, config = contents.get("model_name") or args.get("model"), contents.get("model_config")
     if not isinstance(config, dict):
-        name, config = _infer_model(weights, path)
+        found = _identify(weights)
+        if found is None:
+            raise UserError(f"{path} holds the weights of no registered model (models.list_models())")
+        name, config = found
     fmt = "upanets-lab" if "model" in contents else "state-dict" if "net" not in contents else (
         "original" if name == "upanets" else "pytorch-cifar")
     dataset = catalog.canonical_dataset(data.get("dataset") or args.get("dataset"))
@@ -129,16 +132,14 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointRecord:
         args.get("seed", 0), args.get("run_name"), contents)
 
 
-def _infer_model(weights: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, Any]]:
-    """(registered name, model_config) of weights a file does not describe: UPANets' from its shapes (``img``
-    only where the ExC head fixes it), another model's by matching the registry's layouts."""
+def _identify(weights: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """(registered name, model_config) of weights that nothing describes: UPANets' from its shapes (``img``
+    only where the ExC head fixes it), another model's by matching the registry's layouts; None if neither."""
     try:
         return "upanets", describe_state_dict(weights)
     except ValueError:
-        found = identify_state_dict(weights)
-    if found is None:
-        raise UserError(f"{path} holds the weights of no registered model (models.list_models())")
-    return found[0], {"num_classes": found[1]}
+        found = identify_state_dict(dict(weights))
+    return None if found is None else (found[0], {"num_classes": found[1]})
 
 
 def _section(contents: dict[str, Any], key: str) -> dict[str, Any]:
@@ -230,11 +231,12 @@ def load_model_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], so
 
 def _looks_like(weights: Mapping[str, torch.Tensor]) -> str:
     """What weights look like, for a message: UPANets' configuration or a registered model's name."""
-    try:
-        return f"the weights of {config_repr(describe_state_dict(weights))}"
-    except ValueError:
-        found = identify_state_dict(dict(weights))
-    return "the weights of no registered model" if found is None else f"{found[0]} weights ({found[1]} classes)"
+    found = _identify(weights)
+    if found is None:
+        return "the weights of no registered model"
+    name, config = found
+    return f"the weights of {config_repr(config)}" if name == "upanets" else (
+        f"{name} weights ({config['num_classes']} classes)")
 
 
 def build_model(record: CheckpointRecord, *, img: int | None = None, raw_weights: bool = False,
