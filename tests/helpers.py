@@ -8,17 +8,22 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
+
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 MAIN = REPO_ROOT / "main.py"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
 # A checkpoint as the original code's main.py saves it: {"net": DataParallel state dict, "acc", "epoch"}.
 FIXTURES = TESTS_DIR / "fixtures"  # reference files from the original UPANets code
 ORIGINAL_CKPT = FIXTURES / "original_ckpt_filters8_classes10_img32.pth"
@@ -129,3 +134,25 @@ class LineReader:
         for thread in self.threads:
             thread.join(timeout=30)
         return "".join(self.stdout), "".join(self.stderr)
+
+
+def torchrun(script_and_args: Sequence[str | os.PathLike], cwd: Path, timeout: float = 240,
+             fresh: bool = True) -> subprocess.CompletedProcess:
+    """Two CPU processes under ``torchrun --standalone``, run in ``cwd`` (where their outputs go).
+
+    ``fresh``: the launch starts a run in empty output folders, so that one that aborted can start again;
+    a launch that resumes (or otherwise builds on what an earlier one wrote) is not retried."""
+    if not TORCHRUN.exists():
+        pytest.skip(f"torchrun not found next to {sys.executable}")
+    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *map(str, script_and_args)]
+    result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    if fresh and "Signal 6 (SIGABRT)" in result.stderr:
+        # Once in about 80 launches here a rank died of SIGABRT inside torch, with no Python traceback
+        # (gloo's TCP transport is known to abort now and then: pytorch/pytorch#188266). Such a launch is
+        # retried once from clean output folders; an abort this repo's code caused would come back. The
+        # first attempt's output is kept as a warning, for whoever investigates.
+        warnings.warn(f"torchrun aborted (retried once); its stderr:\n{result.stderr[-8000:]}", stacklevel=2)
+        for folder in ("checkpoint", "results"):
+            shutil.rmtree(cwd / folder, ignore_errors=True)
+        result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    return result

@@ -7,10 +7,7 @@ both ranks, and leave a checkpoint that a single process can evaluate and resume
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -18,9 +15,8 @@ import torch
 
 from upanets_lab.data.samples import make_cifar10
 
-from helpers import REPO_ROOT, CliResult, child_env, read_metrics, tiny_flags
+from helpers import REPO_ROOT, CliResult, read_metrics, tiny_flags, torchrun
 
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 RUN = "ddp"
 
 # Runs main.main() in each torchrun process and saves the model that rank ended with, for the test to compare.
@@ -40,24 +36,6 @@ state = {{key: value.detach().cpu().clone() for key, value in model.state_dict()
 state["channels_last"] = torch.tensor(model.root[0].weight.is_contiguous(memory_format=torch.channels_last))
 torch.save(state, os.path.join(out, "rank" + os.environ["RANK"] + ".pth"))
 """
-
-
-def torchrun(script_and_args: list, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Two CPU processes under ``torchrun --standalone``, run in ``cwd`` (where their outputs go)."""
-    if not TORCHRUN.exists():
-        pytest.skip(f"torchrun not found next to {sys.executable}")
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *map(str, script_and_args)]
-    result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
-    if "Signal 6 (SIGABRT)" in result.stderr:
-        # Once in about 80 launches here a rank died of SIGABRT inside torch, with no Python traceback
-        # (gloo's TCP transport is known to abort now and then: pytorch/pytorch#188266). Such a launch is
-        # retried once from clean output folders; an abort this repo's code caused would come back. The
-        # first attempt's output is kept as a warning, for whoever investigates.
-        warnings.warn(f"torchrun aborted (retried once); its stderr:\n{result.stderr[-8000:]}", stacklevel=2)
-        for folder in ("checkpoint", "results"):
-            shutil.rmtree(cwd / folder, ignore_errors=True)
-        result = subprocess.run(command, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout)
-    return result
 
 
 def assert_exit_0(result: subprocess.CompletedProcess | CliResult) -> None:

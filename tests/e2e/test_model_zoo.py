@@ -13,7 +13,7 @@ from PIL import Image
 import models
 from upanets_lab.data.samples import make_cifar10
 
-from helpers import REPO_ROOT, one_line_error, read_metrics, run_main, run_script, tiny_flags
+from helpers import REPO_ROOT, one_line_error, read_metrics, run_main, run_script, tiny_flags, torchrun
 from stopping import run_until
 
 TIMING_FIELDS = ("epoch_seconds", "train_images_per_second")
@@ -173,8 +173,6 @@ def test_landscape_of_a_baseline(mobilenet_run, tmp_path):
 
 
 def test_a_baseline_trains_under_torchrun(data, tmp_path):
-    from test_resume_exact import torchrun
-
     result = torchrun([REPO_ROOT / "main.py", *flags(data, tmp_path, "shufflenetv2", epochs=1), "--device", "cpu"],
                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import RUN, TORCHRUN, ddp_flags
+from test_distributed import RUN, ddp_flags
 
 from models.upanets import UPANets
 from upanets_lab import errors
@@ -27,7 +27,7 @@ from upanets_lab.data.samples import make_cifar10
 from upanets_lab.training import distributed, loop
 
 import main
-from helpers import REPO_ROOT, child_env, one_line_error, read_metrics, run_main
+from helpers import REPO_ROOT, TORCHRUN, child_env, one_line_error, read_metrics, run_main
 
 # main.cli() in each process, where rank 1 alone meets a bad batch at its third step of the group's first start.
 _FAILING_WORKER = """

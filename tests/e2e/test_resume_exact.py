@@ -9,8 +9,6 @@ states) and the metrics rows in every value but the timings.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import torch
 from upanets_lab.data.samples import make_cifar10
 
 import main
-from helpers import REPO_ROOT, TESTS_DIR, child_env, read_metrics, tiny_flags
+from helpers import REPO_ROOT, TESTS_DIR, read_metrics, tiny_flags, torchrun
 from stopping import run_until
 
 N_TRAIN, BATCH, VAL = 96, 8, 16
@@ -119,14 +117,6 @@ def test_stops_mid_epoch_and_at_epoch_ends_resume_exactly(reference, data, tmp_p
 DDP_TRAIN, DDP_BATCH = 256, 2  # 60 steps per process and epoch once VAL are held out: a sync point (50) inside
 
 
-def torchrun(script_and_args: list, cwd: Path) -> subprocess.CompletedProcess:
-    torchrun_path = Path(sys.executable).with_name("torchrun")
-    if not torchrun_path.exists():
-        pytest.skip(f"torchrun not found next to {sys.executable}")
-    return subprocess.run([str(torchrun_path), "--standalone", "--nproc_per_node", "2", *map(str, script_and_args)],
-                          cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=300)
-
-
 def ddp_flags(data: Path, root: Path) -> list:
     return ["--dataset", "cifar10", "--data-dir", data, "--no-download", "--device", "cpu", "--seed", "4",
             "--no-channels-last", *tiny_flags(root, epochs=3, batch_size=DDP_BATCH, run_name="run"),
@@ -150,8 +140,9 @@ def test_two_processes_stopped_mid_epoch_and_at_an_epoch_end_resume_exactly(tmp_
     assert [position["step"] for position in positions] == [50, 50] and last["world_size"] == 2
     assert not torch.equal(positions[0]["augment_rng"], positions[1]["augment_rng"])
 
-    result = torchrun([stopping, 2, 60, *ddp_flags(data, stopped), "--resume", "auto"], cwd=stopped)
+    result = torchrun([stopping, 2, 60, *ddp_flags(data, stopped), "--resume", "auto"], cwd=stopped, fresh=False)
     assert "stopped by signal 15 after epoch 2" in result.stderr, result.stderr[-4000:]
-    result = torchrun([REPO_ROOT / "main.py", *ddp_flags(data, stopped), "--resume", "auto"], cwd=stopped)
+    result = torchrun([REPO_ROOT / "main.py", *ddp_flags(data, stopped), "--resume", "auto"], cwd=stopped,
+                      fresh=False)
     assert result.returncode == 0, result.stderr[-4000:]
     assert_same_run(stopped, reference)
