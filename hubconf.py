@@ -11,8 +11,8 @@ dependencies = ["torch"]
 
 
 def _hub_entry(name: str):
-    def build(num_classes: int = 10, img: int = 32, **options):
-        return _models.create_model(name, num_classes=num_classes, img=img, **options)
+    def build(num_classes: int = 10, img: int = 32, **options):  # the keywords of the builders in models/
+        return _models.create_model(name, num_classes=num_classes, img_size=img, **options)
 
     entry = _models.model_entry(name)
     build.__name__ = build.__qualname__ = name

@@ -284,7 +284,7 @@ def print_models(pattern: str, dataset: str, img_size: int | None) -> None:
     print(f"{'model':<20} {'params':>12} {'GFLOPs':>8}   ({dataset}: {num_classes} classes, {img}x{img})")
     for name in names:
         with torch.device("meta"):  # counted without memory or kernels
-            model = create_model(name, num_classes=num_classes, img=img)
+            model = create_model(name, num_classes=num_classes, img_size=img)
         try:
             gflops = f"{utils.forward_flops(model, img) / 1e9:>8.3f}"
         except Exception as e:  # a library's model with a fixed input size

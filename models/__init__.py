@@ -3,7 +3,7 @@ architecture family, each registering its builders when imported (``upanets.py``
 and can be copied alone into another project).
 
     from models import create_model, list_models
-    model = create_model("upanets", num_classes=10, img=32, filters=16)
+    model = create_model("upanets", num_classes=10, img_size=32, filters=16)
 """
 import importlib
 import pkgutil

@@ -1,9 +1,9 @@
 """The model registry: every architecture of this repo by name, as timm's ``create_model`` / ``register_model`` /
 ``list_models`` (smaller).
 
-    model = create_model("upanets16", num_classes=100, img=32)
+    model = create_model("upanets16", num_classes=100, img_size=32)
     list_models("upanets*")          # ['upanets', 'upanets16', 'upanets32', 'upanets64']
-    create_model("torchvision:resnet50", num_classes=10, img=32)   # another library's models, by a prefix
+    create_model("torchvision:resnet50", num_classes=10, img_size=32)   # another library's models, by a prefix
 
 A builder is a function ``builder(num_classes, img, **options) -> nn.Module`` decorated with
 :func:`register_model` in the file of its architecture family; the registry takes its name from the function and
@@ -102,8 +102,8 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, *, num_classes: int, img: int = 32, **options: Any) -> nn.Module:
-    """Build the registered model ``name`` for ``num_classes`` classes and ``img`` x ``img`` inputs.
+def create_model(name: str, *, num_classes: int, img_size: int = 32, **options: Any) -> nn.Module:
+    """Build the registered model ``name`` for ``num_classes`` classes and ``img_size`` x ``img_size`` inputs.
 
     ``options`` are the builder's own keyword arguments (UPANets': filters, blocks, head); one it does not take
     raises a ValueError that says which it takes.
@@ -113,7 +113,7 @@ def create_model(name: str, *, num_classes: int, img: int = 32, **options: Any) 
     if unknown:
         takes = f"takes {', '.join(entry.options)}" if entry.options else "takes no options"
         raise ValueError(f"model {name} has no option {', '.join(unknown)} ({name} {takes})")
-    return entry.builder(num_classes=num_classes, img=img, **options)
+    return entry.builder(num_classes=num_classes, img=img_size, **options)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -142,7 +142,7 @@ def identify_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[str, int] 
     keys = list(state_dict)
     for name in list_models():
         with torch.device("meta"):
-            reference = create_model(name, num_classes=10, img=32).state_dict()
+            reference = create_model(name, num_classes=10, img_size=32).state_dict()
         if list(reference) != keys:
             continue
         differing = [key for key in keys if tuple(reference[key].shape) != tuple(state_dict[key].shape)]

@@ -2,8 +2,8 @@
 ``pretrained``, no pretrained weights. Pretrained weights are read from the local caches only (torch hub's for
 torchvision, Hugging Face's for timm); a missing file is a FileNotFoundError that says where to put it.
 
-    create_model("torchvision:resnet50", num_classes=10, img=32)
-    create_model("timm:convnext_atto", num_classes=100, img=64, pretrained=True)
+    create_model("torchvision:resnet50", num_classes=10, img_size=32)
+    create_model("timm:convnext_atto", num_classes=100, img_size=64, pretrained=True)
 """
 from __future__ import annotations
 

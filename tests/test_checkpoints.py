@@ -94,7 +94,7 @@ def test_a_checkpoint_naming_an_unbuildable_model_is_one_line(tmp_path):
 def test_an_option_the_model_does_not_take_is_refused_not_dropped(tmp_path):
     import models
 
-    model = models.create_model("resnet18", num_classes=10, img=32)
+    model = models.create_model("resnet18", num_classes=10, img_size=32)
     save_checkpoint({"model": model.state_dict(), "model_name": "resnet18",
                      "model_config": {"num_classes": 10, "img": 32}}, tmp_path / "r18.pth")
     record = read_checkpoint(tmp_path / "r18.pth")

@@ -271,5 +271,5 @@ def _builder_arguments(name: str, config: dict[str, Any], given: Sequence[str]) 
     unknown = sorted(key for key in given if key not in (*options, "num_classes", "img"))
     if unknown:
         raise ValueError(f"model {name} has no option {', '.join(unknown)}")
-    return {"num_classes": config["num_classes"], "img": config["img"],
+    return {"num_classes": config["num_classes"], "img_size": config["img"],
             **{key: value for key, value in config.items() if key in options}}

@@ -77,7 +77,7 @@ def test_evaluate_predict_and_export_rebuild_the_baseline_from_its_checkpoint(mo
 
 def test_pytorch_cifars_checkpoint_is_evaluated_and_another_architecture_named(data, tmp_path):
     torch.manual_seed(0)
-    model = models.create_model("shufflenetv2", num_classes=10, img=32)
+    model = models.create_model("shufflenetv2", num_classes=10, img_size=32)
     path = tmp_path / "ckpt.pth"
     torch.save({"net": {f"module.{k}": v for k, v in model.state_dict().items()}, "acc": 91.25, "epoch": 199}, path)
     evaluate = ["--evaluate", "--weights", path, "--data-dir", data, "--no-download", "--workers", "0", "--no-progress"]
@@ -106,7 +106,7 @@ def test_weights_start_a_training_run_from_a_pytorch_cifar_checkpoint(data, tmp_
     """--weights without --evaluate: the model and its weights come from the file (pytorch-cifar's here); the
     run trains on from them, and its first evaluation is that of the file's weights."""
     torch.manual_seed(1)
-    start = models.create_model("shufflenetv2", num_classes=10, img=32)
+    start = models.create_model("shufflenetv2", num_classes=10, img_size=32)
     path = tmp_path / "ckpt.pth"
     torch.save({"net": {f"module.{k}": v for k, v in start.state_dict().items()}, "acc": 50.0, "epoch": 3}, path)
     run_flags = ["--weights", path, "--data-dir", data, "--no-download", "--no-channels-last", "--lr", "1e-12",

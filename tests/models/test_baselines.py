@@ -30,8 +30,8 @@ def test_layout_equals_pytorch_cifars(name):
     """Keys in order, shapes and dtypes at 10 classes; the parameter count at 10 and at 100 classes."""
     reference = LAYOUTS["models"][name]
     with torch.device("meta"):
-        model = models.create_model(name, num_classes=10, img=32)
-        wide = models.create_model(name, num_classes=100, img=32)
+        model = models.create_model(name, num_classes=10, img_size=32)
+        wide = models.create_model(name, num_classes=100, img_size=32)
     got = [[key, list(tensor.shape), str(tensor.dtype).removeprefix("torch.")]
            for key, tensor in model.state_dict().items()]
     assert got == reference["state_dict"]
@@ -45,7 +45,7 @@ def test_every_model_trains_a_step_and_round_trips_through_a_checkpoint(name, tm
     """100 classes: a train step at 64x64 changes the weights; saved and read back, the rebuilt model gives the
     same eval logits at 32x32 (global pooling: no size is built in)."""
     torch.manual_seed(0)
-    model = models.create_model(name, num_classes=100, img=32)
+    model = models.create_model(name, num_classes=100, img_size=32)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([3, 99]))
@@ -66,7 +66,7 @@ def test_every_model_trains_a_step_and_round_trips_through_a_checkpoint(name, tm
 def test_pytorch_cifar_checkpoints_are_read_as_theirs(name, classes, tmp_path):
     """{'net': DataParallel state dict, 'acc', 'epoch'}: the model it matches, CIFAR-10 or -100 by its classes,
     32x32, pytorch-cifar's normalisation, the accuracy it recorded."""
-    model = models.create_model(name, num_classes=classes, img=32).eval()
+    model = models.create_model(name, num_classes=classes, img_size=32).eval()
     torch.save({"net": {f"module.{k}": v for k, v in model.state_dict().items()}, "acc": 93.1, "epoch": 7},
                tmp_path / "ckpt.pth")
     record = read_checkpoint(tmp_path / "ckpt.pth")

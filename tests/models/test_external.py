@@ -24,7 +24,7 @@ def test_both_libraries_are_listed_by_their_prefix_and_kept_out_of_the_plain_lis
                                   "timm:resnet18", "timm:convnext_atto"])
 def test_a_library_model_is_built_with_our_classes(name):
     """In train mode too, the logits alone (GoogLeNet's auxiliary heads are left out), as a train step takes."""
-    model = models.create_model(name, num_classes=7, img=32).train()
+    model = models.create_model(name, num_classes=7, img_size=32).train()
     logits = model(torch.randn(2, 3, 32, 32))
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 7)
     assert models.model_entry(name).options == {"pretrained": False}

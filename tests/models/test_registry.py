@@ -16,7 +16,7 @@ def test_upanets_is_registered_by_its_sizes_and_with_its_options():
     assert models.model_entry("upanets16").family == "upanets"
     for name, filters in (("upanets16", 16), ("upanets32", 32), ("upanets", 8)):
         options = {"filters": 8} if name == "upanets" else {}
-        model = models.create_model(name, num_classes=7, img=16, head="last", **options)
+        model = models.create_model(name, num_classes=7, img_size=16, head="last", **options)
         assert isinstance(model, UPANets)
         assert model.config == {"filters": filters, "num_classes": 7, "blocks": 1, "img": 16, "head": "last"}
         assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 7)
@@ -58,7 +58,7 @@ def test_the_cli_hub_and_the_docs_model_table_read_the_registry():
     for row in table:
         name = row[1].strip().strip("`")
         with torch.device("meta"):
-            model, wide = (models.create_model(name, num_classes=n, img=32) for n in (10, 100))
+            model, wide = (models.create_model(name, num_classes=n, img_size=32) for n in (10, 100))
         assert row[2].strip() == f"`models/{models.model_entry(name).family}.py`"
         assert [row[3].strip(), row[4].strip()] == [f"{utils.count_parameters(m):,}" for m in (model, wide)], name
         assert row[5].strip() == f"{utils.forward_flops(model, 32) / 1e9:.3f}", name

@@ -141,7 +141,7 @@ def set_up(args: argparse.Namespace, context: DistributedContext, checkpoint: Ch
     utils.seed_everything(args.seed)
     options = model_options(args)
     try:
-        model = create_model(args.model, num_classes=bundle.num_classes, img=bundle.img_size, **options)
+        model = create_model(args.model, num_classes=bundle.num_classes, img_size=bundle.img_size, **options)
     except (ValueError, FileNotFoundError, ImportError) as e:  # pretrained weights not in the cache, say
         raise UserError(f"--model {args.model}: {e}") from None
     config = config_of(model, bundle.num_classes, bundle.img_size, **options)
